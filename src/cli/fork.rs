@@ -1,0 +1,163 @@
+//! `pgfork fork` (also installed as `pg-fork`): arguments, confirmation, output.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::progress::TerminalProgress;
+use crate::ops::fork::{
+    ForkMode, ForkOptions, ForkReport, ModeRequest, PreparedFork, default_destination, default_port,
+};
+use crate::util::human_bytes;
+
+/// Arguments of `fork`; the flags are those of Pigsty's pg-fork.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForkArgs {
+    /// Fork number: names the default destination /pg/data<ID> and port <ID>5432 (1-6; pass -P for others).
+    pub id: u32,
+    /// Source data directory.
+    #[arg(short = 'd', long = "data", env = "PG_DATA", default_value = "/pg/data")]
+    pub data: PathBuf,
+    /// Destination data directory [default: /pg/data<ID>].
+    #[arg(short = 'D', long = "dst")]
+    pub dst: Option<PathBuf>,
+    /// Source server port.
+    #[arg(short = 'p', long = "port", env = "PG_PORT", default_value_t = 5432)]
+    pub port: u16,
+    /// The fork's port [default: <ID>5432].
+    #[arg(short = 'P', long = "dst-port")]
+    pub dst_port: Option<u16>,
+    /// Cold copy: the source must be stopped (refused while it runs).
+    #[arg(short = 's', long = "cold", visible_alias = "skip")]
+    pub cold: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+    /// Replace an existing destination (never one a running server owns).
+    #[arg(long)]
+    pub force: bool,
+    /// Start the fork and wait until it accepts connections.
+    #[arg(long)]
+    pub start: bool,
+    /// Socket directory (or host) of the source server [default: from postmaster.pid].
+    #[arg(long = "host")]
+    pub host: Option<String>,
+    /// Database user for the backup session [default: the data directory's owner].
+    #[arg(short = 'U', long = "user")]
+    pub user: Option<String>,
+    /// Directory holding postgres and pg_ctl [default: found from the source].
+    #[arg(long)]
+    pub bindir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The command line of the `pg-fork` name.
+#[derive(Debug, clap::Parser)]
+#[command(name = "pg-fork", version, about = "Fork a PostgreSQL instance on this machine (pgfork)")]
+pub struct PgForkCli {
+    /// pg-fork's arguments.
+    #[command(flatten)]
+    pub fork: ForkArgs,
+}
+
+impl ForkArgs {
+    /// Runs the fork.
+    pub fn run(self) -> anyhow::Result<()> {
+        let dst_port = match self.dst_port {
+            Some(port) => port,
+            None => default_port(self.id)?,
+        };
+        let opts = ForkOptions {
+            id: self.id,
+            src: self.data.clone(),
+            dst: self.dst.clone().unwrap_or_else(|| default_destination(self.id)),
+            src_port: self.port,
+            dst_port,
+            host: self.host.clone(),
+            user: self.user.clone(),
+            mode: if self.cold { ModeRequest::Cold } else { ModeRequest::Auto },
+            force: self.force,
+            start: self.start,
+            bindir: self.bindir.clone(),
+        };
+        let prepared = PreparedFork::prepare(opts).context("prepare fork")?;
+        let plan = prepared.plan();
+        if !plan.replaces.is_empty() && !self.yes {
+            let list: Vec<String> = plan.replaces.iter().map(|p| p.display().to_string()).collect();
+            confirm(&format!("remove {} and replace it with a fork of {}?", list.join(" and "), plan.src.display()))?;
+        }
+        let report = prepared.run(&TerminalProgress::default()).context("fork")?;
+        if self.json {
+            return super::print_json(&report);
+        }
+        print_report(&report);
+        Ok(())
+    }
+}
+
+fn confirm(question: &str) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::Error::refused(
+            format!("{question} (no terminal to ask)"),
+            Some("pass -y to confirm".into()),
+        )
+        .into());
+    }
+    eprint!("pgfork: {question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(crate::Error::refused("cancelled", None).into())
+    }
+}
+
+fn print_report(r: &ForkReport) {
+    let p = &r.plan;
+    let mode = match p.mode {
+        ForkMode::Hot => "hot",
+        ForkMode::Cold => "cold",
+    };
+    println!("forked {} -> {} ({mode}, {} on {}, as {})", p.src.display(), p.dst.display(), p.method, p.dst_fs, p.user);
+    if let (Some(start), Some(stop)) = (&r.start_lsn, &r.stop_lsn) {
+        println!("  backup   {start} .. {stop}, {} WAL segment(s), backup_label written", r.wal_segments);
+    } else {
+        println!("  wal      {} segment(s) from the last checkpoint", r.wal_segments);
+    }
+    println!(
+        "  files    {} ({} cloned, {} copied), {}",
+        r.files.files,
+        r.files.cloned_files,
+        human_bytes(r.files.copied_bytes),
+        human_bytes(r.files.logical_bytes)
+    );
+    for (oid, path) in &r.tablespaces {
+        println!("  tblspc   {oid} -> {}", path.display());
+    }
+    println!("  settings port {}, cluster_name {}, archive_mode off", p.dst_port, r.cluster_name);
+    let t = &r.timings;
+    println!(
+        "  time     {:.0} ms: backup start {:.0} (checkpoint), copy {:.0}, backup stop {:.0}, wal {:.0}, finish {:.0}{}",
+        t.total_ms,
+        t.backup_start_ms,
+        t.copy_ms,
+        t.backup_stop_ms,
+        t.wal_ms,
+        t.finish_ms,
+        if r.started { format!(", start {:.0}", t.start_ms) } else { String::new() }
+    );
+    if r.crash_recovery {
+        println!("  note     the fork will run crash recovery when it starts");
+    }
+    let host = r.connect_host.as_deref().map(|h| format!("-h {h} ")).unwrap_or_default();
+    if r.started {
+        println!("  running  psql {host}-p {}", p.dst_port);
+    } else {
+        println!("  start    pg_ctl -D {} start && psql {host}-p {}", p.dst.display(), p.dst_port);
+    }
+}

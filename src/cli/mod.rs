@@ -1,0 +1,77 @@
+//! The command line: argument parsing and printing. Each subcommand lives in its own file and only
+//! turns arguments into a call of [`crate::ops`] and prints the report.
+
+mod clone_db;
+mod connect;
+mod fork;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+/// pgfork: instant forks and database clones of PostgreSQL on copy-on-write file systems.
+#[derive(Debug, Parser)]
+#[command(name = "pgfork", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// pgfork's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Clone a cluster on this machine into a new instance (hot or cold), instantly on XFS/Btrfs/ZFS.
+    #[command(visible_alias = "pg-fork")]
+    Fork(fork::ForkArgs),
+    /// Clone a database inside a cluster with CREATE DATABASE … STRATEGY FILE_COPY, safely.
+    CloneDb(clone_db::CloneDbArgs),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let program = std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let command = if program == "pg-fork" {
+        // Installed under the pg-fork name, the binary takes pg-fork's arguments directly.
+        let args = fork::PgForkCli::parse();
+        init_logging(0);
+        Command::Fork(args.fork)
+    } else {
+        let cli = Cli::parse();
+        init_logging(cli.verbose);
+        cli.command
+    };
+    let result = match command {
+        Command::Fork(args) => args.run(),
+        Command::CloneDb(args) => args.run(),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("pgfork: {err:#}");
+            err.downcast_ref::<crate::Error>().map(crate::Error::exit_code).unwrap_or(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGFORK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Prints `value` as pretty JSON on standard output.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! pgfork: instant PostgreSQL forks, database clones, backups and point-in-time recovery on
+//! copy-on-write file systems.
+//!
+//! The library holds everything; the `pgfork` binary only parses arguments ([`cli`]) and prints.
+
+pub mod cli;
+pub mod cow;
+pub mod error;
+pub mod ops;
+pub mod pg;
+pub mod progress;
+pub mod util;
+
+pub use error::{Error, Result};

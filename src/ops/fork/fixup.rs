@@ -1,0 +1,82 @@
+//! The settings that make a fork safe to start beside its source: its own port and name, no
+//! archiving into the source's repository, no replication or recovery settings inherited.
+
+use std::path::Path;
+
+/// Recovery target parameters a fork clears, so it never stops replay at the source's old target.
+const RECOVERY_TARGETS: &[&str] =
+    &["recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid"];
+
+/// The source settings the fork's configuration depends on.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSettings {
+    /// `cluster_name` of the source (may be empty).
+    pub cluster_name: String,
+    /// `log_directory` of the source.
+    pub log_directory: String,
+}
+
+/// The `cluster_name` a fork gets: `<source name>-fork<ID>`, the source directory's name standing
+/// in for an empty cluster_name.
+pub fn fork_cluster_name(source: &SourceSettings, src_dir: &Path, id: u32) -> String {
+    let base = if source.cluster_name.is_empty() {
+        src_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "pg".into())
+    } else {
+        source.cluster_name.clone()
+    };
+    format!("{base}-fork{id}")
+}
+
+/// The parameters written into the fork's `postgresql.auto.conf`.
+pub fn fork_settings(
+    source: &SourceSettings,
+    src_dir: &Path,
+    port: u16,
+    cluster_name: &str,
+) -> Vec<(&'static str, String)> {
+    let mut settings = vec![
+        ("port", port.to_string()),
+        ("cluster_name", cluster_name.to_string()),
+        ("archive_mode", "off".to_string()),
+        ("primary_conninfo", String::new()),
+        ("primary_slot_name", String::new()),
+        // A fork has no standbys: waiting for synchronous ones would hang every commit.
+        ("synchronous_standby_names", String::new()),
+        // Two servers must not write the same pid file.
+        ("external_pid_file", String::new()),
+    ];
+    settings.extend(RECOVERY_TARGETS.iter().map(|name| (*name, String::new())));
+    // Two servers writing logs into one absolute directory outside the source would interleave
+    // their files; the fork logs inside its own data directory instead.
+    let log_dir = Path::new(&source.log_directory);
+    if log_dir.is_absolute() && !log_dir.starts_with(src_dir) {
+        settings.push(("log_directory", "log".to_string()));
+    }
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_fork_after_its_source() {
+        let named = SourceSettings { cluster_name: "pg-meta".into(), ..Default::default() };
+        assert_eq!(fork_cluster_name(&named, Path::new("/pg/data"), 1), "pg-meta-fork1");
+        assert_eq!(fork_cluster_name(&SourceSettings::default(), Path::new("/pg/data"), 2), "data-fork2");
+    }
+
+    #[test]
+    fn settings_cut_every_tie_to_the_source() {
+        let source = SourceSettings { cluster_name: "x".into(), log_directory: "/pg/log/postgres".into() };
+        let settings = fork_settings(&source, Path::new("/pg/data"), 15432, "x-fork1");
+        let get = |name: &str| settings.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("port"), Some("15432"));
+        assert_eq!(get("archive_mode"), Some("off"));
+        assert_eq!(get("primary_conninfo"), Some(""));
+        assert_eq!(get("recovery_target_time"), Some(""));
+        assert_eq!(get("log_directory"), Some("log"));
+        let relative = SourceSettings { log_directory: "log".into(), ..Default::default() };
+        assert!(!fork_settings(&relative, Path::new("/pg/data"), 1, "n").iter().any(|(n, _)| *n == "log_directory"));
+    }
+}

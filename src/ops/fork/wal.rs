@@ -1,0 +1,103 @@
+//! Choosing the WAL a fork carries: for a hot fork every segment from the backup's start to its
+//! stop, for a cold fork every segment from the last checkpoint's redo point; history files always.
+
+use std::path::Path;
+
+use crate::cow::TreePlan;
+use crate::error::{Error, IoContext, Result};
+use crate::pg::datadir::DataDir;
+use crate::pg::lsn::{Lsn, WalSegment, is_history_file};
+use crate::pg::session::Session;
+
+use super::backup_label::BackupLabel;
+
+/// The server's WAL segment size in bytes.
+pub fn segment_size(session: &Session) -> Result<u64> {
+    let row = session.query_one(
+        "SELECT setting::bigint, coalesce(unit, '') FROM pg_settings WHERE name = 'wal_segment_size'",
+        &[],
+    )?;
+    let (value, unit): (i64, String) = (row.get(0), row.get(1));
+    let factor = match unit.as_str() {
+        "B" | "" => 1,
+        "8kB" => 8192,
+        "MB" => 1024 * 1024,
+        other => return Err(Error::invalid("wal_segment_size", format!("unexpected unit {other:?}"))),
+    };
+    Ok(value as u64 * factor)
+}
+
+/// Adds the segments from the label's start to `stop` (and history files) to `plan`; returns how
+/// many segments. A missing segment is an error naming it.
+pub fn add_backup_wal(
+    plan: &mut TreePlan,
+    src: &DataDir,
+    dst_data: &Path,
+    label: &BackupLabel,
+    stop: Lsn,
+    segment_size: u64,
+) -> Result<u64> {
+    let first = WalSegment::parse(&label.start_wal_file, segment_size)
+        .ok_or_else(|| Error::invalid("backup label", format!("bad WAL file name {}", label.start_wal_file)))?;
+    let last = stop.segment_no(segment_size);
+    let wal_dir = src.path().join("pg_wal");
+    for number in first.number..=last {
+        let name = WalSegment { timeline: label.timeline, number }.file_name(segment_size);
+        let path = wal_dir.join(&name);
+        if !path.exists() {
+            return Err(Error::invalid(
+                format!("WAL segment {name}"),
+                format!(
+                    "needed by the fork (backup {}..{stop}) but missing from {}; it was removed during the copy",
+                    label.start_lsn,
+                    wal_dir.display()
+                ),
+            ));
+        }
+        plan.add_file(&path, &dst_data.join("pg_wal").join(&name))?;
+    }
+    add_history_files(plan, &wal_dir, dst_data)?;
+    Ok(last - first.number + 1)
+}
+
+/// Adds every segment at or after `redo`'s segment (and history files) to `plan`: what crash
+/// recovery of a stopped cluster can need. Returns how many segments.
+pub fn add_checkpoint_wal(plan: &mut TreePlan, src: &DataDir, dst_data: &Path, redo: Lsn) -> Result<u64> {
+    let wal_dir = src.path().join("pg_wal");
+    let mut segments = Vec::new();
+    let mut segment_size = None;
+    for entry in std::fs::read_dir(&wal_dir).at("read directory", &wal_dir)? {
+        let entry = entry.at("read directory", &wal_dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let path = entry.path();
+            let len = std::fs::metadata(&path).at("stat", &path)?.len();
+            segment_size.get_or_insert(len);
+            segments.push(name);
+        }
+    }
+    let Some(segment_size) = segment_size.filter(|s| s.is_power_of_two() && *s >= 1024 * 1024) else {
+        return Err(Error::invalid(wal_dir.display().to_string(), "no WAL segment found"));
+    };
+    let first = redo.segment_no(segment_size);
+    let mut count = 0;
+    for name in segments {
+        if WalSegment::parse(&name, segment_size).is_some_and(|s| s.number >= first) {
+            plan.add_file(&wal_dir.join(&name), &dst_data.join("pg_wal").join(&name))?;
+            count += 1;
+        }
+    }
+    add_history_files(plan, &wal_dir, dst_data)?;
+    Ok(count)
+}
+
+fn add_history_files(plan: &mut TreePlan, wal_dir: &Path, dst_data: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(wal_dir).at("read directory", wal_dir)? {
+        let entry = entry.at("read directory", wal_dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_history_file(&name) {
+            plan.add_file(&entry.path(), &dst_data.join("pg_wal").join(&name))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Acting as the owner of a data directory. PostgreSQL runs as an unprivileged user; when pgfork is
+//! started as root it takes that user's identity before touching anything, so every file it
+//! creates is owned correctly and peer authentication sees the right user.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::unistd::{Gid, Uid, User};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Who pgfork acts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name.
+    pub name: String,
+    /// The user id.
+    pub uid: u32,
+    /// Whether pgfork switched from root to this user.
+    pub switched_from_root: bool,
+}
+
+/// Makes the process act as the owner of `data_dir`: as root, switch to the owner (group, then
+/// supplementary groups, then user); as that owner, carry on; as anyone else, refuse. Call before
+/// any thread is started.
+pub fn become_owner_of(data_dir: &Path) -> Result<Identity> {
+    let meta = std::fs::metadata(data_dir).at("stat", data_dir)?;
+    let owner_uid = Uid::from_raw(meta.uid());
+    let me = Uid::effective();
+    let owner = User::from_uid(owner_uid).ok().flatten();
+    if me == owner_uid {
+        let name = owner.map(|u| u.name).unwrap_or_else(|| owner_uid.to_string());
+        return Ok(Identity { name, uid: owner_uid.as_raw(), switched_from_root: false });
+    }
+    let owner_desc = owner.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| format!("uid {owner_uid}"));
+    if !me.is_root() {
+        return Err(Error::refused(
+            format!("{} belongs to {owner_desc}, and pgfork runs as uid {me}", data_dir.display()),
+            Some(format!("run pgfork as {owner_desc} (or as root, which switches to {owner_desc})")),
+        ));
+    }
+    if owner_uid.is_root() {
+        return Err(Error::refused(
+            format!(
+                "{} is owned by root; PostgreSQL never runs as root, so this is not a usable data directory",
+                data_dir.display()
+            ),
+            None,
+        ));
+    }
+    let Some(owner) = owner else {
+        return Err(Error::refused(
+            format!("{} is owned by uid {owner_uid}, which has no user account", data_dir.display()),
+            Some("create the account, or run pgfork as the user that runs this cluster".into()),
+        ));
+    };
+    switch_to(&owner).at("switch to user", data_dir)?;
+    Ok(Identity { name: owner.name, uid: owner_uid.as_raw(), switched_from_root: true })
+}
+
+fn switch_to(user: &User) -> nix::Result<()> {
+    let name = std::ffi::CString::new(user.name.as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    nix::unistd::setgid(Gid::from_raw(user.gid.as_raw()))?;
+    nix::unistd::initgroups(&name, user.gid)?;
+    nix::unistd::setuid(user.uid)?;
+    Ok(())
+}

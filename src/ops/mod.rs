@@ -1,0 +1,6 @@
+//! The operations pgfork performs, one module each. They take resolved options, report progress
+//! through [`crate::progress::Progress`], and return a serializable report; they never print.
+
+pub mod clone_db;
+pub mod fork;
+pub mod identity;

@@ -1,0 +1,151 @@
+//! Finding the PostgreSQL server binaries (`postgres`, `pg_ctl`) of a given major version, and
+//! running them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// A directory holding `postgres` and `pg_ctl` of one major version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgBin {
+    dir: PathBuf,
+    major: u32,
+}
+
+impl PgBin {
+    /// Finds binaries of `major`: `explicit` if given, else the directory of the server that last
+    /// ran `data_dir` (from `postmaster.opts`), `PG_BINDIR`, `pg_ctl` on `PATH`, then the usual
+    /// install locations. Each candidate's `postgres --version` must match `major`.
+    pub fn locate(major: u32, explicit: Option<&Path>, data_dir: Option<&Path>) -> Result<PgBin> {
+        if let Some(dir) = explicit {
+            return PgBin::at(dir, major);
+        }
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        if let Some(dir) = data_dir.and_then(bindir_from_postmaster_opts) {
+            candidates.push(dir);
+        }
+        if let Some(dir) = std::env::var_os("PG_BINDIR") {
+            candidates.push(PathBuf::from(dir));
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).filter(|d| d.join("pg_ctl").is_file()));
+        }
+        candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
+        candidates.push(PathBuf::from(format!("/usr/pgsql-{major}/bin")));
+        candidates.push(PathBuf::from(format!("/opt/pgfork/pg{major}/bin")));
+        candidates.iter().find_map(|dir| PgBin::at(dir, major).ok()).ok_or_else(|| {
+            Error::refused(
+                format!("no PostgreSQL {major} binaries found"),
+                Some("pass --bindir with the directory holding postgres and pg_ctl".into()),
+            )
+        })
+    }
+
+    /// Uses `dir`, checking that its `postgres` is version `major`.
+    pub fn at(dir: &Path, major: u32) -> Result<PgBin> {
+        let postgres = dir.join("postgres");
+        let output = Command::new(&postgres).arg("--version").output().map_err(|e| Error::io("run", &postgres, e))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let found = parse_version_major(&text)
+            .ok_or_else(|| Error::invalid(format!("{} --version", postgres.display()), text.trim().to_string()))?;
+        if found != major {
+            return Err(Error::refused(
+                format!("{} is PostgreSQL {found}, the data directory needs {major}", postgres.display()),
+                Some("pass --bindir with binaries of the data directory's version".into()),
+            ));
+        }
+        Ok(PgBin { dir: dir.to_path_buf(), major })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The major version.
+    pub fn major(&self) -> u32 {
+        self.major
+    }
+
+    /// A `Command` for the program `name` in this directory.
+    pub fn command(&self, name: &str) -> Command {
+        Command::new(self.dir.join(name))
+    }
+
+    /// Runs `postgres -D data_dir -C name` to read a setting from a stopped cluster's configuration.
+    pub fn config_value(&self, data_dir: &Path, name: &str) -> Result<String> {
+        let output = self
+            .command("postgres")
+            .arg("-D")
+            .arg(data_dir)
+            .arg("-C")
+            .arg(name)
+            .output()
+            .map_err(|e| Error::io("run", self.dir.join("postgres"), e))?;
+        if !output.status.success() {
+            return Err(Error::Command {
+                program: format!("postgres -C {name}"),
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim_end_matches('\n').to_string())
+    }
+
+    /// Starts a server with `pg_ctl start -w`, logging to `log_file`.
+    pub fn start(&self, data_dir: &Path, log_file: &Path, timeout_secs: u32) -> Result<()> {
+        let output = self
+            .command("pg_ctl")
+            .arg("start")
+            .arg("-w")
+            .arg("-t")
+            .arg(timeout_secs.to_string())
+            .arg("-D")
+            .arg(data_dir)
+            .arg("-l")
+            .arg(log_file)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| Error::io("run", self.dir.join("pg_ctl"), e))?;
+        if !output.status.success() {
+            let log = std::fs::read_to_string(log_file).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let mut detail = String::from_utf8_lossy(&output.stderr).into_owned();
+            detail.push_str(&format!("\nlast lines of {}:\n", log_file.display()));
+            detail.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            return Err(Error::Command {
+                program: format!("pg_ctl start -D {}", data_dir.display()),
+                status: output.status.to_string(),
+                stderr: detail,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The major version from `postgres (PostgreSQL) 18.6` or `postgres (PostgreSQL) 15.18 (Debian …)`.
+pub fn parse_version_major(text: &str) -> Option<u32> {
+    let version = text.split("(PostgreSQL)").nth(1)?.split_whitespace().next()?;
+    version.split(['.', 'b', 'r', 'd']).next()?.parse().ok()
+}
+
+/// The directory of the `postgres` binary recorded in `postmaster.opts`.
+fn bindir_from_postmaster_opts(data_dir: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.opts")).ok()?;
+    let program = text.split_whitespace().next()?.trim_matches('"');
+    Path::new(program).parent().map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_version_lines() {
+        assert_eq!(parse_version_major("postgres (PostgreSQL) 18.6\n"), Some(18));
+        assert_eq!(parse_version_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(parse_version_major("postgres (PostgreSQL) 19beta1"), Some(19));
+        assert_eq!(parse_version_major("something else"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! What pgfork knows about PostgreSQL: WAL positions and names, data directories and `pg_control`,
+//! configuration files, server binaries, and a client session.
+
+pub mod bins;
+pub mod conf;
+pub mod datadir;
+pub mod layout;
+pub mod lsn;
+pub mod session;

@@ -1,0 +1,64 @@
+//! File-system helpers with the durability rules every writer in pgfork follows: write to a
+//! temporary name, fsync, rename into place, fsync the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// Writes `bytes` to `path` so that after a crash the file holds either its old content or all of
+/// the new: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.pgfork-tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file =
+            OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).at("create", &tmp)?;
+        file.write_all(bytes).at("write", &tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode)).at("chmod", &tmp)?;
+        file.sync_all().at("fsync", &tmp)?;
+        fs::rename(&tmp, path).at("rename into place", path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Fsyncs a directory so that entries created or renamed in it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at("fsync directory", dir)
+}
+
+/// Creates a directory with `mode`, failing if it exists.
+pub fn create_dir_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new().mode(mode).create(path).at("create directory", path)?;
+    // The umask may have narrowed the mode.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at("chmod", path)
+}
+
+/// Flushes the whole file system holding `path` (syncfs).
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).at("open", path)?;
+    nix::unistd::syncfs(&dir).at("syncfs", path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_content_and_sets_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.conf");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o640).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+}
