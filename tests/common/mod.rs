@@ -1,0 +1,316 @@
+//! Test harness: real PostgreSQL clusters (15 and 18) in temporary directories, run as the
+//! `postgres` user on a Unix socket in a short temporary directory, stopped and removed on drop.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pgfork::pg::session::{ConnTarget, Session};
+
+/// The OS user that runs servers.
+pub const PG_USER: &str = "postgres";
+
+/// A PostgreSQL installation.
+#[derive(Debug, Clone)]
+pub struct PgVersion {
+    pub major: u32,
+    pub bindir: PathBuf,
+}
+
+impl PgVersion {
+    /// The installation of `major`: `PG<major>_BINDIR`, else the location scripts/install-deps uses.
+    pub fn get(major: u32) -> PgVersion {
+        let default = match major {
+            15 => "/usr/lib/postgresql/15/bin".to_string(),
+            other => format!("/opt/pgfork/pg{other}/bin"),
+        };
+        let bindir = std::env::var(format!("PG{major}_BINDIR")).unwrap_or(default);
+        PgVersion { major, bindir: PathBuf::from(bindir) }
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+}
+
+/// Whether tests that need root, servers and mounts can run. Outside root they are skipped with a
+/// loud message; under CI=true that is a failure instead.
+pub fn can_run(what: &str) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(!ci, "{what}: CI=true but not running as root");
+        eprintln!("\n!!! SKIPPED {what}: needs root (runs servers as postgres, mounts file systems) !!!\n");
+        return false;
+    }
+    for major in [15, 18] {
+        let postgres = PgVersion::get(major).bin("postgres");
+        if !postgres.exists() {
+            assert!(!ci, "{what}: CI=true but {} is missing (run scripts/install-deps)", postgres.display());
+            eprintln!("\n!!! SKIPPED {what}: {} missing; run scripts/install-deps !!!\n", postgres.display());
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs `program args` as the postgres user and returns its output.
+pub fn run_as_postgres(program: &Path, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", PG_USER, "--"])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runuser")
+}
+
+/// Like [`run_as_postgres`] but panics on failure.
+pub fn must_run_as_postgres(program: &Path, args: &[&str]) -> String {
+    let out = run_as_postgres(program, args);
+    assert!(
+        out.status.success(),
+        "{} {:?} failed: {}\n{}",
+        program.display(),
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+static PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A port no other test of this process uses and nothing listens on.
+pub fn free_port() -> u16 {
+    let mut used = PORTS.lock().unwrap();
+    loop {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+/// A directory the postgres user owns, removed on drop.
+pub struct PgDir {
+    path: PathBuf,
+}
+
+impl PgDir {
+    /// Creates a fresh directory under `base` (or the system temp dir), owned by postgres.
+    pub fn new(base: Option<&Path>, prefix: &str) -> PgDir {
+        let base = base.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let path = tempfile::Builder::new().prefix(prefix).tempdir_in(base).unwrap().keep();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_postgres(&path);
+        PgDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PgDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Gives `path` to the postgres user.
+pub fn chown_postgres(path: &Path) {
+    let user = nix::unistd::User::from_name(PG_USER).unwrap().expect("postgres user exists");
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+}
+
+/// A PostgreSQL cluster for one test.
+pub struct Cluster {
+    pub version: PgVersion,
+    pub root: PgDir,
+    pub data: PathBuf,
+    pub socket_dir: PgDir,
+    pub port: u16,
+    running: bool,
+}
+
+impl Cluster {
+    /// initdb (with data checksums) under `base`, configured to listen only on its own socket.
+    pub fn init(version: &PgVersion, base: Option<&Path>) -> Cluster {
+        let root = PgDir::new(base, "pgf-");
+        let socket_dir = PgDir::new(Some(Path::new("/tmp")), "pgs-");
+        let data = root.path().join("data");
+        let data_text = data.to_str().unwrap();
+        must_run_as_postgres(
+            &version.bin("initdb"),
+            &["-D", data_text, "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--locale=C", "-k", "-N"],
+        );
+        let port = free_port();
+        let conf = format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nlisten_addresses = ''\nmax_wal_size = 256MB\n\
+             synchronous_commit = off\nlog_min_messages = warning\n",
+            socket_dir.path().display()
+        );
+        append(&data.join("postgresql.conf"), &conf);
+        Cluster { version: version.clone(), root, data, socket_dir, port, running: false }
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&mut self) {
+        let log = self.root.path().join("server.log");
+        must_run_as_postgres(
+            &self.version.bin("pg_ctl"),
+            &["start", "-w", "-t", "120", "-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap()],
+        );
+        self.running = true;
+        self.session("postgres");
+    }
+
+    /// Stops the server cleanly.
+    pub fn stop(&mut self) {
+        must_run_as_postgres(&self.version.bin("pg_ctl"), &["stop", "-w", "-m", "fast", "-D", self.data.to_str().unwrap()]);
+        self.running = false;
+    }
+
+    pub fn target(&self, db: &str) -> ConnTarget {
+        ConnTarget::socket(self.socket_dir.path(), self.port, PG_USER, db)
+    }
+
+    /// A client session to `db`.
+    pub fn session(&self, db: &str) -> Session {
+        Session::connect_retry(&self.target(db), Duration::from_secs(30)).expect("connect to test cluster")
+    }
+
+    /// Runs SQL through psql and returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        psql(&self.version, self.socket_dir.path(), self.port, db, sql)
+    }
+
+    /// pgbench -i at `scale` in `db`.
+    pub fn pgbench_init(&self, db: &str, scale: u32) {
+        let scale = scale.to_string();
+        let mut args = self.conn_flags();
+        args.extend(["-i", "-q", "-s", &scale, db]);
+        must_run_as_postgres(&self.version.bin("pgbench"), &args);
+    }
+
+    /// Starts pgbench in the background with extra arguments.
+    pub fn pgbench(&self, db: &str, args: &[&str]) -> Child {
+        Command::new("runuser")
+            .args(["-u", PG_USER, "--"])
+            .arg(self.version.bin("pgbench"))
+            .args(self.conn_flags())
+            .args(args)
+            .arg(db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbench")
+    }
+
+    fn conn_flags(&self) -> Vec<&str> {
+        let host = self.socket_dir.path().to_str().unwrap();
+        // Leak the port string: tests are short-lived processes.
+        let port: &'static str = Box::leak(self.port.to_string().into_boxed_str());
+        vec!["-h", host, "-p", port, "-U", PG_USER]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = run_as_postgres(&self.version.bin("pg_ctl"), &["stop", "-w", "-m", "immediate", "-D", self.data.to_str().unwrap()]);
+        }
+    }
+}
+
+/// Runs SQL through psql on a socket.
+pub fn psql(version: &PgVersion, socket_dir: &Path, port: u16, db: &str, sql: &str) -> String {
+    let port = port.to_string();
+    must_run_as_postgres(
+        &version.bin("psql"),
+        &["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", socket_dir.to_str().unwrap(), "-p", &port, "-U", PG_USER, "-d", db, "-c", sql],
+    )
+    .trim()
+    .to_string()
+}
+
+/// Appends text to a file.
+pub fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+/// A server started on a fork made by a test; stopped on drop.
+pub struct RunningFork {
+    pub version: PgVersion,
+    pub data: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+}
+
+impl RunningFork {
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        psql(&self.version, &self.socket_dir, self.port, db, sql)
+    }
+
+    /// pg_amcheck --heapallindexed on every database; panics with its output on failure.
+    pub fn amcheck(&self) {
+        let port = self.port.to_string();
+        must_run_as_postgres(
+            &self.version.bin("pg_amcheck"),
+            &["-h", self.socket_dir.to_str().unwrap(), "-p", &port, "-U", PG_USER, "--all", "--install-missing", "--heapallindexed"],
+        );
+    }
+}
+
+impl Drop for RunningFork {
+    fn drop(&mut self) {
+        let _ = run_as_postgres(&self.version.bin("pg_ctl"), &["stop", "-w", "-m", "immediate", "-D", self.data.to_str().unwrap()]);
+    }
+}
+
+/// Runs the pgfork binary with `args` (as root; it switches to the data directory's owner).
+pub fn pgfork(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgfork")).args(args).stdin(Stdio::null()).output().expect("run pgfork")
+}
+
+/// Runs pgfork and panics unless it succeeds; returns stdout.
+pub fn pgfork_ok(args: &[&str]) -> String {
+    let out = pgfork(args);
+    assert!(
+        out.status.success(),
+        "pgfork {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Defines one test per PostgreSQL version calling `body(&PgVersion)`.
+#[macro_export]
+macro_rules! on_each_version {
+    ($name15:ident, $name18:ident, $body:path) => {
+        #[test]
+        fn $name15() {
+            if common::can_run(stringify!($name15)) {
+                $body(&common::PgVersion::get(15));
+            }
+        }
+        #[test]
+        fn $name18() {
+            if common::can_run(stringify!($name18)) {
+                $body(&common::PgVersion::get(18));
+            }
+        }
+    };
+}
+
+pub mod scenarios;
