@@ -28,16 +28,37 @@ fn cold_fork_of_a_stopped_cluster(version: &PgVersion) {
     let dst = dst_dir.path().join("cold");
     let port = free_port();
     let out = pgfork_ok(&[
-        "fork", "2", "-s", "-d", source.data.to_str().unwrap(), "-D", dst.to_str().unwrap(), "-p",
-        &source.port.to_string(), "-P", &port.to_string(), "--bindir", version.bindir.to_str().unwrap(), "-y", "--json",
+        "fork",
+        "2",
+        "-s",
+        "-d",
+        source.data.to_str().unwrap(),
+        "-D",
+        dst.to_str().unwrap(),
+        "-p",
+        &source.port.to_string(),
+        "-P",
+        &port.to_string(),
+        "--bindir",
+        version.bindir.to_str().unwrap(),
+        "-y",
+        "--json",
     ]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "cold");
     assert_eq!(report["crash_recovery"], false);
     assert!(!dst.join("backup_label").exists());
     assert!(!dst.join("postmaster.pid").exists());
-    must_run_as_postgres(&version.bin("pg_ctl"), &["start", "-w", "-D", dst.to_str().unwrap(), "-l", dst.join("log.txt").to_str().unwrap()]);
-    let fork = RunningFork { version: version.clone(), data: dst.clone(), socket_dir: source.socket_dir.path().to_path_buf(), port };
+    must_run_as_postgres(
+        &version.bin("pg_ctl"),
+        &["start", "-w", "-D", dst.to_str().unwrap(), "-l", dst.join("log.txt").to_str().unwrap()],
+    );
+    let fork = RunningFork {
+        version: version.clone(),
+        data: dst.clone(),
+        socket_dir: source.socket_dir.path().to_path_buf(),
+        port,
+    };
     assert_eq!(fork.psql("postgres", "SELECT answer FROM marker"), "42");
     assert_eq!(fork.psql("postgres", "SELECT count(*) FROM pgbench_accounts"), "100000");
     fork.amcheck();
@@ -56,23 +77,44 @@ fn fork_with_a_tablespace(version: &PgVersion) {
     let dst = dst_dir.path().join("withts");
     let port = free_port();
     let out = pgfork_ok(&[
-        "fork", "3", "-d", source.data.to_str().unwrap(), "-D", dst.to_str().unwrap(), "-p", &source.port.to_string(),
-        "-P", &port.to_string(), "--bindir", version.bindir.to_str().unwrap(), "-y", "--start", "--json",
+        "fork",
+        "3",
+        "-d",
+        source.data.to_str().unwrap(),
+        "-D",
+        dst.to_str().unwrap(),
+        "-p",
+        &source.port.to_string(),
+        "-P",
+        &port.to_string(),
+        "--bindir",
+        version.bindir.to_str().unwrap(),
+        "-y",
+        "--start",
+        "--json",
     ]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let fork = RunningFork { version: version.clone(), data: dst.clone(), socket_dir: source.socket_dir.path().to_path_buf(), port };
+    let fork = RunningFork {
+        version: version.clone(),
+        data: dst.clone(),
+        socket_dir: source.socket_dir.path().to_path_buf(),
+        port,
+    };
     let oid = source.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
     let link = std::fs::read_link(dst.join("pg_tblspc").join(&oid)).unwrap();
     let expected = PathBuf::from(format!("{}_tblspc/{oid}", dst.display()));
     assert_eq!(link, expected, "the fork's tablespace must be its own copy");
     assert_eq!(report["tablespaces"][0][1], expected.to_str().unwrap());
     assert_eq!(fork.psql("postgres", "SELECT count(*) FROM far"), "5000");
-    assert_eq!(fork.psql("postgres", "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"), expected.to_str().unwrap());
+    assert_eq!(
+        fork.psql("postgres", "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"),
+        expected.to_str().unwrap()
+    );
     fork.psql("postgres", "INSERT INTO far SELECT g FROM generate_series(1, 100) g; CHECKPOINT");
     assert_eq!(source.psql("postgres", "SELECT count(*) FROM far"), "5000", "writes to the fork reached the source");
     fork.amcheck();
     drop(fork);
-    let _ = std::fs::remove_dir_all(&expected.parent().unwrap());
+    let _ = std::fs::remove_dir_all(expected.parent().unwrap());
 }
 on_each_version!(tablespace_fork_15, tablespace_fork_18, fork_with_a_tablespace);
 

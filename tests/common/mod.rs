@@ -172,7 +172,10 @@ impl Cluster {
 
     /// Stops the server cleanly.
     pub fn stop(&mut self) {
-        must_run_as_postgres(&self.version.bin("pg_ctl"), &["stop", "-w", "-m", "fast", "-D", self.data.to_str().unwrap()]);
+        must_run_as_postgres(
+            &self.version.bin("pg_ctl"),
+            &["stop", "-w", "-m", "fast", "-D", self.data.to_str().unwrap()],
+        );
         self.running = false;
     }
 
@@ -224,7 +227,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = run_as_postgres(&self.version.bin("pg_ctl"), &["stop", "-w", "-m", "immediate", "-D", self.data.to_str().unwrap()]);
+            let _ = run_as_postgres(
+                &self.version.bin("pg_ctl"),
+                &["stop", "-w", "-m", "immediate", "-D", self.data.to_str().unwrap()],
+            );
         }
     }
 }
@@ -234,7 +240,23 @@ pub fn psql(version: &PgVersion, socket_dir: &Path, port: u16, db: &str, sql: &s
     let port = port.to_string();
     must_run_as_postgres(
         &version.bin("psql"),
-        &["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", socket_dir.to_str().unwrap(), "-p", &port, "-U", PG_USER, "-d", db, "-c", sql],
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            socket_dir.to_str().unwrap(),
+            "-p",
+            &port,
+            "-U",
+            PG_USER,
+            "-d",
+            db,
+            "-c",
+            sql,
+        ],
     )
     .trim()
     .to_string()
@@ -265,14 +287,27 @@ impl RunningFork {
         let port = self.port.to_string();
         must_run_as_postgres(
             &self.version.bin("pg_amcheck"),
-            &["-h", self.socket_dir.to_str().unwrap(), "-p", &port, "-U", PG_USER, "--all", "--install-missing", "--heapallindexed"],
+            &[
+                "-h",
+                self.socket_dir.to_str().unwrap(),
+                "-p",
+                &port,
+                "-U",
+                PG_USER,
+                "--all",
+                "--install-missing",
+                "--heapallindexed",
+            ],
         );
     }
 }
 
 impl Drop for RunningFork {
     fn drop(&mut self) {
-        let _ = run_as_postgres(&self.version.bin("pg_ctl"), &["stop", "-w", "-m", "immediate", "-D", self.data.to_str().unwrap()]);
+        let _ = run_as_postgres(
+            &self.version.bin("pg_ctl"),
+            &["stop", "-w", "-m", "immediate", "-D", self.data.to_str().unwrap()],
+        );
     }
 }
 

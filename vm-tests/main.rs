@@ -1,0 +1,133 @@
+//! Scenarios that need root and real file systems: forks and database clones on loop-mounted XFS
+//! (reflink), Btrfs, ext4 and tmpfs. Run as part of the test suite; under CI=true a missing
+//! prerequisite fails instead of skipping.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod loopfs;
+
+use common::*;
+use loopfs::{Kind, LoopFs};
+
+/// On a fresh `kind` file system: hot-forks a scale-5 cluster while pgbench runs (checked by the
+/// scenario), then measures what a second fork of the now idle source adds to the file system.
+/// Returns the first fork's report and stderr, the second fork's cost in bytes, and the source's size.
+fn fork_on(kind: Kind, version: &PgVersion) -> Option<(serde_json::Value, String, u64, u64)> {
+    if !can_run("file system fork") || !loopfs::available(kind) {
+        return None;
+    }
+    let fs = LoopFs::new(kind, 1024);
+    let outcome = scenarios::hot_fork_under_pgbench(version, Some(fs.path()), 5);
+    let first_fork = outcome.fork.data.parent().unwrap().to_path_buf();
+    drop(outcome.fork);
+    std::fs::remove_dir_all(first_fork).unwrap();
+    let source = outcome.source;
+    source.psql("postgres", "CHECKPOINT");
+
+    let dst_dir = PgDir::new(Some(fs.path()), "fork-");
+    let dst = dst_dir.path().join("data2");
+    let used_before = fs.used_bytes();
+    pgfork_ok(&[
+        "fork",
+        "2",
+        "-d",
+        source.data.to_str().unwrap(),
+        "-D",
+        dst.to_str().unwrap(),
+        "-p",
+        &source.port.to_string(),
+        "-P",
+        &free_port().to_string(),
+        "-y",
+    ]);
+    let fork_cost = fs.used_bytes().saturating_sub(used_before);
+    let source_size = dir_size(&source.data);
+    drop(source);
+    drop(dst_dir);
+    Some((outcome.report, outcome.stderr, fork_cost, source_size))
+}
+
+/// Bytes of the files under `path`, its WAL left out (a fork takes only the segments it needs).
+fn dir_size(path: &std::path::Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != "pg_wal")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn assert_shares_extents(kind: Kind, fs_name: &str) {
+    let Some((report, _stderr, fork_cost, source_size)) = fork_on(kind, &PgVersion::get(18)) else { return };
+    assert_eq!(report["method"], "reflink", "{report}");
+    assert_eq!(report["dst_fs"], fs_name);
+    assert_eq!(report["files"]["copied_bytes"], 0);
+    // What a fork of an idle cluster adds is metadata and the few pages its checkpoint wrote.
+    assert!(
+        fork_cost < source_size / 10,
+        "fork added {fork_cost} bytes for a {source_size}-byte source: extents were not shared"
+    );
+}
+
+#[test]
+fn fork_on_xfs_shares_extents() {
+    assert_shares_extents(Kind::XfsReflink, "xfs");
+}
+
+#[test]
+fn fork_on_btrfs_shares_extents() {
+    assert_shares_extents(Kind::Btrfs, "btrfs");
+}
+
+fn assert_copies(kind: Kind, fs_name: &str) {
+    let Some((report, stderr, fork_cost, source_size)) = fork_on(kind, &PgVersion::get(15)) else { return };
+    assert_eq!(report["method"], "copy");
+    assert_eq!(report["dst_fs"], fs_name);
+    assert!(report["files"]["copied_bytes"].as_u64().unwrap() > 0);
+    assert!(stderr.contains("no reflink") && stderr.contains("copying"), "the fallback must say so: {stderr}");
+    assert!(fork_cost > source_size / 2, "a copy of {source_size} bytes cost only {fork_cost}");
+}
+
+#[test]
+fn fork_on_ext4_copies_and_says_so() {
+    assert_copies(Kind::Ext4, "ext4");
+}
+
+#[test]
+fn fork_on_tmpfs_copies_and_says_so() {
+    assert_copies(Kind::Tmpfs, "tmpfs");
+}
+
+#[test]
+fn clone_db_on_xfs_clones_with_postgresql_18() {
+    if !can_run("clone_db_on_xfs_clones_with_postgresql_18") || !loopfs::available(Kind::XfsReflink) {
+        return;
+    }
+    let fs = LoopFs::new(Kind::XfsReflink, 1024);
+    let mut cluster = Cluster::init(&PgVersion::get(18), Some(fs.path()));
+    cluster.start();
+    cluster.psql("postgres", "CREATE DATABASE meta");
+    cluster.pgbench_init("meta", 5);
+    let used = fs.used_bytes();
+    let port = cluster.port.to_string();
+    let out = pgfork_ok(&[
+        "clone-db",
+        "meta",
+        "meta_dev",
+        "--host",
+        cluster.socket_dir.path().to_str().unwrap(),
+        "-p",
+        &port,
+        "-U",
+        PG_USER,
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["cloned"], true, "{report}");
+    assert_eq!(cluster.psql("meta_dev", "SELECT count(*) FROM pgbench_accounts"), "500000");
+    let grown = fs.used_bytes().saturating_sub(used);
+    assert!(grown < 20 * 1024 * 1024, "a clone of a ~75 MB database took {grown} bytes");
+    drop(cluster);
+}
