@@ -315,3 +315,21 @@ mod tests {
         assert!(!process_is_postgres(i32::MAX));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn corrupt_control_files_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = ControlData::parse(&bytes);
+        }
+
+        #[test]
+        fn corrupt_pid_files_never_panic(text in "(?s).{0,300}") {
+            let _ = PostmasterPid::parse(&text);
+        }
+    }
+}

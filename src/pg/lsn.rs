@@ -128,3 +128,29 @@ mod tests {
         assert!(!is_history_file("000000010000000000000002"));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_lsn_round_trips(value: u64) {
+            prop_assert_eq!(Lsn(value).to_string().parse::<Lsn>().unwrap(), Lsn(value));
+        }
+
+        #[test]
+        fn any_text_parses_or_errs_without_panic(text in ".{0,40}") {
+            let _ = text.parse::<Lsn>();
+            let _ = WalSegment::parse(&text, 16 * 1024 * 1024);
+        }
+
+        #[test]
+        fn segment_names_round_trip(timeline in 1u32.., number in 0u64..(1 << 40), shift in 20u32..=30) {
+            let size = 1u64 << shift;
+            let seg = WalSegment { timeline: TimelineId(timeline), number: number % ((0xFFFF_FFFFu64 + 1) * (0x1_0000_0000 / size)) };
+            prop_assert_eq!(WalSegment::parse(&seg.file_name(size), size), Some(seg));
+        }
+    }
+}
