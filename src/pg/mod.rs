@@ -6,4 +6,5 @@ pub mod conf;
 pub mod datadir;
 pub mod layout;
 pub mod lsn;
+pub mod page;
 pub mod session;
