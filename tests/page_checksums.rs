@@ -17,7 +17,7 @@ fn checksums_match_postgresql(version: &PgVersion) {
 
     let file = cluster.data.join(&relpath);
     let bytes = std::fs::read(&file).unwrap();
-    assert!(bytes.len() >= 100 * BLCKSZ && bytes.len() % BLCKSZ == 0);
+    assert!(bytes.len() >= 100 * BLCKSZ && bytes.len().is_multiple_of(BLCKSZ));
     let mut valid = 0;
     for (blkno, page) in bytes.chunks_exact(BLCKSZ).enumerate() {
         let page: &[u8; BLCKSZ] = page.try_into().unwrap();
