@@ -4,11 +4,14 @@
 //! The library holds everything; the `pgfork` binary only parses arguments ([`cli`]) and prints.
 
 pub mod cli;
+pub mod config;
 pub mod cow;
 pub mod error;
 pub mod ops;
 pub mod pg;
 pub mod progress;
+pub mod repo;
+pub mod scan;
 pub mod util;
 
 pub use error::{Error, Result};

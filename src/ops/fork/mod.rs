@@ -2,7 +2,6 @@
 //! allows, taken hot through the online backup protocol (backup_label, tablespace_map and the WAL
 //! from start to stop secured) or cold from a stopped cluster, then made safe to run beside it.
 
-mod backup_label;
 mod fixup;
 pub mod options;
 mod preflight;
@@ -26,7 +25,7 @@ use crate::pg::session::{ConnTarget, Session};
 use crate::progress::Progress;
 use crate::util::fsx;
 
-use backup_label::{BackupLabel, tablespace_map};
+use crate::pg::backup_label::{BackupLabel, tablespace_map};
 use fixup::{SourceSettings, fork_cluster_name, fork_settings};
 pub use options::{ForkOptions, ModeRequest, default_destination, default_port};
 use preflight::Destination;
@@ -302,7 +301,7 @@ impl PreparedFork {
 
                 let step = Instant::now();
                 let label = BackupLabel::parse(&labelfile)?;
-                let segment_size = wal::segment_size(session)?;
+                let segment_size = crate::pg::wal::segment_size(session)?;
                 let stop_lsn_value: crate::pg::lsn::Lsn = stop.parse()?;
                 let mut wal_plan = TreePlan::default();
                 wal_segments = wal::add_backup_wal(

@@ -7,25 +7,9 @@ use crate::cow::TreePlan;
 use crate::error::{Error, IoContext, Result};
 use crate::pg::datadir::DataDir;
 use crate::pg::lsn::{Lsn, WalSegment, is_history_file};
-use crate::pg::session::Session;
+use crate::pg::wal::backup_segments;
 
-use super::backup_label::BackupLabel;
-
-/// The server's WAL segment size in bytes.
-pub fn segment_size(session: &Session) -> Result<u64> {
-    let row = session.query_one(
-        "SELECT setting::bigint, coalesce(unit, '') FROM pg_settings WHERE name = 'wal_segment_size'",
-        &[],
-    )?;
-    let (value, unit): (i64, String) = (row.get(0), row.get(1));
-    let factor = match unit.as_str() {
-        "B" | "" => 1,
-        "8kB" => 8192,
-        "MB" => 1024 * 1024,
-        other => return Err(Error::invalid("wal_segment_size", format!("unexpected unit {other:?}"))),
-    };
-    Ok(value as u64 * factor)
-}
+use crate::pg::backup_label::BackupLabel;
 
 /// Adds the segments from the label's start to `stop` (and history files) to `plan`; returns how
 /// many segments. A missing segment is an error naming it.
@@ -37,13 +21,10 @@ pub fn add_backup_wal(
     stop: Lsn,
     segment_size: u64,
 ) -> Result<u64> {
-    let first = WalSegment::parse(&label.start_wal_file, segment_size)
-        .ok_or_else(|| Error::invalid("backup label", format!("bad WAL file name {}", label.start_wal_file)))?;
-    let last = stop.segment_no(segment_size);
+    let names = backup_segments(label, stop, segment_size)?;
     let wal_dir = src.path().join("pg_wal");
-    for number in first.number..=last {
-        let name = WalSegment { timeline: label.timeline, number }.file_name(segment_size);
-        let path = wal_dir.join(&name);
+    for name in &names {
+        let path = wal_dir.join(name);
         if !path.exists() {
             return Err(Error::invalid(
                 format!("WAL segment {name}"),
@@ -54,10 +35,10 @@ pub fn add_backup_wal(
                 ),
             ));
         }
-        plan.add_file(&path, &dst_data.join("pg_wal").join(&name))?;
+        plan.add_file(&path, &dst_data.join("pg_wal").join(name))?;
     }
     add_history_files(plan, &wal_dir, dst_data)?;
-    Ok(last - first.number + 1)
+    Ok(names.len() as u64)
 }
 
 /// Adds every segment at or after `redo`'s segment (and history files) to `plan`: what crash

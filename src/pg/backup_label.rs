@@ -1,4 +1,4 @@
-//! Reading what pg_backup_stop returns: the backup label's WAL start and timeline, and the
+//! What pg_backup_stop returns: the backup label (its WAL start and timeline are parsed), and the
 //! tablespace map, which a fork rewrites to point at its own tablespace copies.
 
 use std::path::Path;

@@ -1,0 +1,12 @@
+//! The backup repository: stanzas, backup sets (manifest + packs), encryption and compression,
+//! locks and retention. Everything is stored through [`storage::Storage`].
+
+pub mod codec;
+pub mod crypto;
+pub mod label;
+pub mod storage;
+pub mod lock;
+pub mod stanza;
+pub mod manifest;
+pub mod pack;
+pub mod read;

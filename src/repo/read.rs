@@ -1,0 +1,37 @@
+//! Reading runs back: fetch the stored bytes from the set's pack, decode, check the plaintext
+//! checksum. Errors name the set, the file and the pack.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result};
+use crate::repo::codec::Codec;
+use crate::repo::manifest::{MAX_RUN, Manifest, RunRef};
+use crate::repo::pack::run_aad;
+use crate::repo::storage::Storage;
+
+/// Reads runs of one stanza.
+pub struct RunReader<'a> {
+    storage: &'a dyn Storage,
+    codec: &'a Codec,
+    stanza: &'a str,
+}
+
+impl<'a> RunReader<'a> {
+    /// A reader over `stanza`'s sets.
+    pub fn new(storage: &'a dyn Storage, codec: &'a Codec, stanza: &'a str) -> RunReader<'a> {
+        RunReader { storage, codec, stanza }
+    }
+
+    /// The whole plaintext of `run`, verified; `file` names the file for errors.
+    pub fn read(&self, run: &RunRef, file: &str) -> Result<Vec<u8>> {
+        let what = format!("backup {}, file {file}, pack {} at {}", run.set, run.pack, run.at);
+        let key = Manifest::pack_key(self.stanza, &run.set, run.pack);
+        let stored = self.storage.get_range(&key, run.at, u64::from(run.stored)).map_err(|e| Error::invalid(&what, e.to_string()))?;
+        let aad = run_aad(&run.set, run.pack, run.at);
+        let plain = self.codec.decode(aad.as_bytes(), &stored, MAX_RUN.max(run.run_len as usize), &what)?;
+        if plain.len() != run.run_len as usize || xxh3_64(&plain) != run.run_sum {
+            return Err(Error::invalid(what, "checksum mismatch: the stored run is corrupt"));
+        }
+        Ok(plain)
+    }
+}
