@@ -1,10 +1,14 @@
 //! The command line: argument parsing and printing. Each subcommand lives in its own file and only
 //! turns arguments into a call of [`crate::ops`] and prints the report.
 
+mod backup;
 mod clone_db;
 mod connect;
 mod fork;
+mod info;
 mod progress;
+mod repo_args;
+mod stanza;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +32,21 @@ pub enum Command {
     Fork(fork::ForkArgs),
     /// Clone a database inside a cluster with CREATE DATABASE … STRATEGY FILE_COPY, safely.
     CloneDb(clone_db::CloneDbArgs),
+    /// Create the stanza in the repository (records the cluster; creates the encryption key).
+    StanzaCreate(stanza::StanzaArgs),
+    /// Record the cluster's new identity after a major upgrade or a new initdb.
+    StanzaUpgrade(stanza::StanzaArgs),
+    /// Delete the stanza and all its backups (refused while the cluster runs, unless --force).
+    StanzaDelete(stanza::StanzaArgs),
+    /// Take a full, diff or incr backup into the repository.
+    #[command(visible_alias = "pg-backup")]
+    Backup(backup::BackupArgs),
+    /// Show the stanza and its backup sets.
+    Info(info::InfoArgs),
+    /// Remove backup sets by retention, or one set with its dependents.
+    Expire(backup::ExpireArgs),
+    /// Restore a backup set into a data directory.
+    Restore(backup::RestoreArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -36,11 +55,13 @@ pub fn main() -> i32 {
         .next()
         .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
+    // Installed under another name, the binary takes that tool's arguments directly.
     let command = if program == "pg-fork" {
-        // Installed under the pg-fork name, the binary takes pg-fork's arguments directly.
-        let args = fork::PgForkCli::parse();
         init_logging(0);
-        Command::Fork(args.fork)
+        Command::Fork(fork::PgForkCli::parse().fork)
+    } else if program == "pg-backup" {
+        init_logging(0);
+        Command::Backup(backup::PgBackupCli::parse().into_backup())
     } else {
         let cli = Cli::parse();
         init_logging(cli.verbose);
@@ -49,6 +70,13 @@ pub fn main() -> i32 {
     let result = match command {
         Command::Fork(args) => args.run(),
         Command::CloneDb(args) => args.run(),
+        Command::StanzaCreate(args) => args.run(stanza::StanzaAction::Create),
+        Command::StanzaUpgrade(args) => args.run(stanza::StanzaAction::Upgrade),
+        Command::StanzaDelete(args) => args.run(stanza::StanzaAction::Delete),
+        Command::Backup(args) => args.run(),
+        Command::Info(args) => args.run(),
+        Command::Expire(args) => args.run(),
+        Command::Restore(args) => args.run(),
     };
     match result {
         Ok(()) => 0,

@@ -4,3 +4,9 @@
 pub mod clone_db;
 pub mod fork;
 pub mod identity;
+pub mod stanza;
+pub mod stanza_repo;
+pub mod backup;
+pub mod expire;
+pub mod restore;
+pub mod info;

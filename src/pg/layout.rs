@@ -39,8 +39,12 @@ pub fn classify(rel: &str, is_dir: bool) -> Disposition {
     if name.starts_with("pgsql_tmp") {
         return Disposition::Skip;
     }
+    // A symlinked pg_wal (initdb -X) becomes a real, empty directory in the copy.
+    if EXCLUDED_DIR_CONTENTS.contains(&rel) {
+        return Disposition::EmptyDir;
+    }
     if is_dir {
-        return if EXCLUDED_DIR_CONTENTS.contains(&rel) { Disposition::EmptyDir } else { Disposition::Copy };
+        return Disposition::Copy;
     }
     if EXCLUDED_FILES.contains(&rel) || name.starts_with("pg_internal.init") || is_temp_relation(name) {
         return Disposition::Skip;
@@ -110,6 +114,7 @@ mod tests {
     #[test]
     fn classifies_like_base_backup() {
         assert_eq!(classify("pg_wal", true), Disposition::EmptyDir);
+        assert_eq!(classify("pg_wal", false), Disposition::EmptyDir, "a symlinked pg_wal");
         assert_eq!(classify("pg_replslot", true), Disposition::EmptyDir);
         assert_eq!(classify("base", true), Disposition::Copy);
         assert_eq!(classify("base/5/pgsql_tmp", true), Disposition::Skip);

@@ -174,13 +174,10 @@ fn flush(pending: &mut Vec<u8>, at: u64, out: &mut ScannedFile, sink: &PackSink<
 
 /// Appends an extent, merging it into the last one when it continues it.
 fn push(extents: &mut Vec<Extent>, next: Extent) {
-    if let Some(last) = extents.last_mut() {
-        if last.continued_by(&next) {
-            last.len += next.len;
-            return;
-        }
+    match extents.last_mut() {
+        Some(last) if last.continued_by(&next) => last.len += next.len,
+        _ => extents.push(next),
     }
-    extents.push(next);
 }
 
 /// The part `[offset, offset + len)` of a prior extent covering it.

@@ -349,3 +349,63 @@ macro_rules! on_each_version {
 }
 
 pub mod scenarios;
+
+/// A repository directory and configuration for a cluster, for the backup commands.
+pub struct RepoSetup {
+    pub dir: PgDir,
+    pub config: PathBuf,
+    pub passphrase: Option<String>,
+}
+
+impl RepoSetup {
+    /// A repository (encrypted when `passphrase` is given) with one stanza `main` for `cluster`.
+    pub fn new(cluster: &Cluster, passphrase: Option<&str>, extra_repo: &str) -> RepoSetup {
+        let dir = PgDir::new(None, "repo-");
+        let repo = dir.path().join("repo");
+        let cipher = if passphrase.is_some() { "aes-256-gcm" } else { "none" };
+        let text = format!(
+            "[repo.main]\npath = \"{}\"\ncipher = \"{cipher}\"\nretention_full = 3\n{extra_repo}\n\n[stanza.main]\ndata = \"{}\"\nport = {}\nsocket = \"{}\"\nbindir = \"{}\"\n",
+            repo.display(),
+            cluster.data.display(),
+            cluster.port,
+            cluster.socket_dir.path().display(),
+            cluster.version.bindir.display()
+        );
+        let config = dir.path().join("pgfork.toml");
+        std::fs::write(&config, text).unwrap();
+        RepoSetup { dir, config, passphrase: passphrase.map(str::to_string) }
+    }
+
+    pub fn repo_path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// Runs `pgfork <args> --config <config>` with the passphrase in the environment.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgfork"));
+        cmd.args(args).arg("--config").arg(&self.config).stdin(Stdio::null());
+        match &self.passphrase {
+            Some(p) => cmd.env("PGFORK_PASSPHRASE", p),
+            None => cmd.env_remove("PGFORK_PASSPHRASE"),
+        };
+        cmd.output().expect("run pgfork")
+    }
+
+    /// Like [`RepoSetup::run`], panicking on failure; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "pgfork {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a backup and returns its JSON report.
+    pub fn backup(&self, kind: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["backup", "--type", kind, "--json"])).unwrap()
+    }
+}

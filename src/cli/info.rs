@@ -1,0 +1,75 @@
+//! `info`: text like `pgbackrest info`, or JSON.
+
+use anyhow::Context;
+
+use crate::cli::repo_args::{Output, RepoArgs};
+use crate::ops::info::{InfoReport, info};
+use crate::repo::label::SetLabel;
+use crate::util::human_bytes;
+
+/// Arguments of `info`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InfoArgs {
+    /// Show only this set.
+    #[arg(long)]
+    pub set: Option<SetLabel>,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+    /// Configuration and stanza.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+impl InfoArgs {
+    /// Prints the stanza's state.
+    pub fn run(self) -> anyhow::Result<()> {
+        let resolved = self.repo.resolve()?;
+        let report = info(&resolved, self.set.as_ref()).with_context(|| format!("info of stanza {}", resolved.name))?;
+        match self.output {
+            Output::Json => super::print_json(&report),
+            Output::Text => {
+                print!("{}", render(&report));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The text form.
+pub fn render(r: &InfoReport) -> String {
+    let mut out = format!("stanza: {}\n    status: {}\n    cipher: {}, compression: {}\n", r.stanza, r.status, r.cipher, r.compression);
+    out.push_str(&format!("\n    db (current): PostgreSQL {}, system identifier {}\n", r.pg_version, r.system_identifier));
+    for s in &r.sets {
+        out.push_str(&format!("\n        {} backup: {}\n", s.kind, s.label));
+        out.push_str(&format!(
+            "            timestamp start/stop: {} / {}\n",
+            s.start_time.format("%Y-%m-%d %H:%M:%S%:z"),
+            s.stop_time.format("%Y-%m-%d %H:%M:%S%:z")
+        ));
+        out.push_str(&format!("            wal start/stop: {} / {}\n", s.wal_start, s.wal_stop));
+        out.push_str(&format!("            lsn start/stop: {} / {}\n", s.start_lsn, s.stop_lsn));
+        out.push_str(&format!(
+            "            database size: {}, database backup size: {}\n",
+            human_bytes(s.database_size),
+            human_bytes(s.backup_size)
+        ));
+        out.push_str(&format!(
+            "            repo backup set size: {}, repo backup size: {}\n",
+            human_bytes(s.repo_set_size),
+            human_bytes(s.repo_size)
+        ));
+        let refs: Vec<&str> = s.references.iter().map(SetLabel::as_str).collect();
+        if !refs.is_empty() {
+            out.push_str(&format!("            backup reference list: {}\n", refs.join(", ")));
+        }
+        out.push_str(&format!("            pages changed: {} of {}, bad checksums: {}\n", s.pages_changed, s.pages_total, s.bad_checksums));
+        for bad in &s.bad_pages {
+            out.push_str(&format!("              bad page: {} block {} (stored {}, computed {})\n", bad.path, bad.block, bad.stored, bad.computed));
+        }
+    }
+    for e in &r.errors {
+        out.push_str(&format!("\n        error: {e}\n"));
+    }
+    out
+}

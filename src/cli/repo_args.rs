@@ -1,0 +1,33 @@
+//! Arguments shared by the repository commands: the configuration file and the stanza.
+
+use std::path::PathBuf;
+
+use crate::config::{Config, Resolved};
+
+/// Which configuration and stanza.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepoArgs {
+    /// Configuration file [default: $PGFORK_CONFIG or /etc/pgfork/pgfork.toml].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Stanza [default: the only one configured].
+    #[arg(long, env = "PGFORK_STANZA", global = true)]
+    pub stanza: Option<String>,
+}
+
+impl RepoArgs {
+    /// Loads the configuration and resolves the stanza.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        Ok(Config::load(self.config.as_deref())?.resolve(self.stanza.as_deref())?)
+    }
+}
+
+/// Output format of reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// For scripts.
+    Json,
+}

@@ -1,0 +1,342 @@
+//! `backup`: an online physical backup into the stanza's repository. Full, or diff/incr built by
+//! the page scanner from pages whose LSN passed the prior set's start; the set carries the WAL from
+//! its start to its stop, and its manifest, put last, commits it. Retention runs afterwards.
+
+pub mod snapshot;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rayon::prelude::*;
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+use crate::ops::expire::{ExpireReport, apply_retention};
+use crate::ops::identity::become_owner_of;
+use crate::ops::stanza_repo::{StanzaRepo, server_target};
+use crate::pg::backup_label::BackupLabel;
+use crate::pg::datadir::DataDir;
+use crate::pg::lsn::Lsn;
+use crate::pg::session::Session;
+use crate::progress::Progress;
+use crate::repo::label::{BackupType, SetLabel};
+use crate::repo::manifest::{Manifest, SetStats, WalEntry};
+use crate::repo::pack::PackSink;
+use crate::repo::storage::Storage;
+use crate::scan::{ScanRequest, ScannedFile, scan_file};
+
+/// Largest WAL segment accepted (1 GiB, PostgreSQL's maximum).
+const MAX_SEGMENT: usize = 1 << 30;
+
+/// A backup request.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Requested type; incr when `None`. A full is taken when there is nothing to base it on.
+    pub kind: Option<BackupType>,
+    /// Ask for an immediate checkpoint (pg_backup_start's `fast`).
+    pub fast_checkpoint: bool,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// Stanza.
+    pub stanza: String,
+    /// The new set.
+    pub label: SetLabel,
+    /// Its type.
+    pub kind: BackupType,
+    /// The set it is based on.
+    pub prior: Option<SetLabel>,
+    /// Start LSN.
+    pub start_lsn: Lsn,
+    /// Stop LSN.
+    pub stop_lsn: Lsn,
+    /// Whether a reflink snapshot was scanned.
+    pub snapshot: bool,
+    /// Sizes and counts.
+    pub stats: SetStats,
+    /// Pages with bad checksums.
+    pub bad_pages: usize,
+    /// WAL segments stored with the set.
+    pub wal_segments: usize,
+    /// Wall time, milliseconds.
+    pub duration_ms: f64,
+    /// Remarks (a full instead of the requested type, and why).
+    pub notes: Vec<String>,
+    /// Leftovers of interrupted backups removed first.
+    pub cleaned: Vec<SetLabel>,
+    /// What retention removed afterwards.
+    pub expired: ExpireReport,
+}
+
+/// Takes a backup of the stanza's cluster.
+pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupReport> {
+    let started = Instant::now();
+    let data = DataDir::open(&resolved.stanza.data)?;
+    let identity = become_owner_of(data.path())?;
+    let repo = StanzaRepo::open(resolved)?;
+    let control = data.control()?;
+    repo.record.check_cluster(control.system_identifier, data.major())?;
+    let _lock = repo.lock("backup")?;
+    let cleaned = repo.remove_uncommitted()?;
+    for label in &cleaned {
+        progress.note(&format!("removed {label}, left incomplete by an interrupted backup"));
+    }
+
+    let target = server_target(resolved, data.path(), &identity.name);
+    let session = Session::connect_retry(&target, Duration::from_secs(5)).map_err(|e| {
+        Error::refused(
+            format!("cannot reach the server of stanza {} on {}: {e}", repo.name, target.describe()),
+            Some("backups are taken online: start the cluster, or set port/socket in the stanza".into()),
+        )
+    })?;
+    check_server(&session, &data, repo.record.current.system_identifier)?;
+
+    let mut notes = Vec::new();
+    let labels = repo.labels()?;
+    let (mut kind, mut prior) = choose_prior(opts.kind.unwrap_or(BackupType::Incr), &labels, &mut notes);
+    let timeline: i32 = session.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])?.get(0);
+    let prior_manifest = match &prior {
+        Some(label) => {
+            let manifest = repo.manifest(label)?;
+            match incompatible(&manifest, control.system_identifier, data.major(), timeline as u32) {
+                Some(reason) => {
+                    notes.push(format!("taking a full backup instead of {kind}: {reason}"));
+                    kind = BackupType::Full;
+                    prior = None;
+                    None
+                }
+                None => Some(manifest),
+            }
+        }
+        None => None,
+    };
+    let label = new_label(kind, prior.as_ref(), &labels);
+
+    let checksums = session.show("data_checksums")? == "on";
+    let slot = format!("pgfork_backup_{}", std::process::id());
+    if let Err(e) = session.query("SELECT pg_create_physical_replication_slot($1, true, true)", &[&slot]) {
+        progress.note(&format!("could not reserve WAL with a temporary replication slot ({e}); going on"));
+    }
+    let start_time = Utc::now();
+    let start: String =
+        session.query_one("SELECT pg_backup_start($1, $2)::text", &[&label.as_str(), &opts.fast_checkpoint])?.get(0);
+    let start_lsn: Lsn = start.parse()?;
+
+    let source = snapshot::prepare(&data)?;
+    let sink = PackSink::new(&repo.storage, &repo.codec, &repo.name, &label);
+    let total: u64 = source.files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum();
+    progress.begin("backup", total);
+    let scan_one = |file: &snapshot::SourceFile| -> Result<Option<ScannedFile>> {
+        let request = ScanRequest {
+            rel_path: &file.rel,
+            file: &file.path,
+            mode: source.mode,
+            prior: prior_manifest.as_ref().and_then(|m| m.file(&file.rel)),
+            since: prior_manifest.as_ref().map(|m| m.start_lsn),
+            verify_before: checksums.then_some(start_lsn),
+        };
+        let scanned = scan_file(&request, &sink)?;
+        progress.advance(scanned.as_ref().map_or(0, |s| s.entry.size));
+        Ok(scanned)
+    };
+    // pg_control is last in the list and is read after every other file.
+    let (control_file, rest) = source.files.split_last().expect("a data directory has files");
+    let mut scanned: Vec<Option<ScannedFile>> = rest.par_iter().map(scan_one).collect::<Result<_>>()?;
+    scanned.push(scan_one(control_file)?);
+    progress.end();
+    sink.finish()?;
+
+    let row = session.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])?;
+    let (stop, labelfile, spcmapfile): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let stop_time = Utc::now();
+    let stop_lsn: Lsn = stop.parse()?;
+    let backup_label = BackupLabel::parse(&labelfile)?;
+    let segment_size = crate::pg::wal::segment_size(&session)?;
+    let segments = crate::pg::wal::backup_segments(&backup_label, stop_lsn, segment_size)?;
+    let wal = store_wal(&repo, &label, &data.path().join("pg_wal"), &segments)?;
+    drop(session);
+
+    let mut stats = SetStats::default();
+    let mut files = Vec::new();
+    let mut bad_pages = Vec::new();
+    for file in scanned.into_iter().flatten() {
+        stats.database_size += file.entry.size;
+        stats.backup_size += file.stored_plain;
+        stats.pages_total += file.pages_total;
+        stats.pages_changed += file.pages_changed;
+        bad_pages.extend(file.bad_pages);
+        files.push(file.entry);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    stats.files = files.len() as u64;
+    let references: BTreeSet<SetLabel> = files
+        .iter()
+        .flat_map(|f| f.extents.iter().filter_map(|e| e.run.as_ref().map(|r| r.set.clone())))
+        .filter(|set| *set != label)
+        .collect();
+    let wal_stored: u64 = repo.storage.size(&format!("{}/wal", Manifest::set_prefix(&repo.name, &label)))?;
+    stats.repo_size = sink.stored_bytes() + wal_stored;
+    for bad in &bad_pages {
+        progress.note(&format!("bad checksum in {} block {} (stored {}, computed {})", bad.path, bad.block, bad.stored, bad.computed));
+    }
+    let manifest = Manifest {
+        format: 1,
+        label: label.clone(),
+        kind,
+        prior: prior.clone(),
+        references: references.into_iter().collect(),
+        system_identifier: control.system_identifier,
+        pg_version: data.major(),
+        timeline: backup_label.timeline.0,
+        start_lsn,
+        stop_lsn,
+        start_wal: segments.first().cloned().unwrap_or_default(),
+        stop_wal: segments.last().cloned().unwrap_or_default(),
+        start_time,
+        stop_time,
+        backup_label: labelfile,
+        tablespace_map: (!spcmapfile.is_empty()).then_some(spcmapfile),
+        tablespaces: source.tablespaces.clone(),
+        checksums_enabled: checksums,
+        snapshot: source.snapshot_taken(),
+        dirs: source.dirs.clone(),
+        files,
+        wal,
+        bad_pages,
+        stats,
+    };
+    manifest.save(&repo.storage, &repo.codec, &repo.name)?;
+    let snapshot_taken = source.snapshot_taken();
+    drop(source);
+
+    let expired = apply_retention(&repo, Utc::now())?;
+    Ok(BackupReport {
+        stanza: repo.name.clone(),
+        label,
+        kind,
+        prior,
+        start_lsn,
+        stop_lsn,
+        snapshot: snapshot_taken,
+        bad_pages: manifest.bad_pages.len(),
+        stats: manifest.stats.clone(),
+        wal_segments: manifest.wal.len(),
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        notes,
+        cleaned,
+        expired,
+    })
+}
+
+/// Refuses a server that does not serve the stanza's data directory or cluster.
+fn check_server(session: &Session, data: &DataDir, system_identifier: u64) -> Result<()> {
+    let served = PathBuf::from(session.show("data_directory")?);
+    let served = std::fs::canonicalize(&served).unwrap_or(served);
+    if served != data.path() {
+        return Err(Error::refused(
+            format!(
+                "the server on {} serves {}, not the stanza's data directory {}",
+                session.target().describe(),
+                served.display(),
+                data.path().display()
+            ),
+            Some("set port and socket of the stanza to its own server".into()),
+        ));
+    }
+    let id: i64 = session.query_one("SELECT system_identifier FROM pg_control_system()", &[])?.get(0);
+    if id as u64 != system_identifier {
+        return Err(Error::refused(
+            format!("the server's system identifier {} does not match the stanza's ({system_identifier}): is this the correct stanza?", id as u64),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// The type and prior set: a diff is based on the newest full, an incr on the newest set; with no
+/// full at all, a full.
+fn choose_prior(requested: BackupType, labels: &[SetLabel], notes: &mut Vec<String>) -> (BackupType, Option<SetLabel>) {
+    let newest_full = labels.iter().rev().find(|l| l.kind() == BackupType::Full);
+    match (requested, newest_full) {
+        (BackupType::Full, _) => (BackupType::Full, None),
+        (kind, None) => {
+            notes.push(format!("no full backup to base a {kind} on: taking a full backup"));
+            (BackupType::Full, None)
+        }
+        (BackupType::Diff, Some(full)) => (BackupType::Diff, Some(full.clone())),
+        (BackupType::Incr, Some(full)) => {
+            // The newest set of the newest full's chain.
+            let newest = labels.iter().rev().find(|l| l.full_part() == full.as_str()).unwrap_or(full);
+            (BackupType::Incr, Some(newest.clone()))
+        }
+    }
+}
+
+/// Why pages of `prior` cannot be reused, if they cannot.
+fn incompatible(prior: &Manifest, system_identifier: u64, pg_version: u32, timeline: u32) -> Option<String> {
+    if prior.system_identifier != system_identifier || prior.pg_version != pg_version {
+        return Some(format!("{} belongs to another cluster or version", prior.label));
+    }
+    if prior.timeline != timeline {
+        return Some(format!("the timeline changed from {} to {timeline} since {}", prior.timeline, prior.label));
+    }
+    None
+}
+
+/// A label not yet used: labels have one-second resolution, so wait for the next second if needed.
+fn new_label(kind: BackupType, prior: Option<&SetLabel>, existing: &[SetLabel]) -> SetLabel {
+    loop {
+        let now = Utc::now();
+        let label = match prior {
+            Some(prior) if kind != BackupType::Full => SetLabel::dependent(prior, kind, now),
+            _ => SetLabel::full(now),
+        };
+        let taken = existing.iter().any(|l| l == &label || (kind == BackupType::Full && l.full_part() == label.full_part()));
+        if !taken {
+            return label;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stores the backup's WAL segments in the set.
+fn store_wal(repo: &StanzaRepo, label: &SetLabel, wal_dir: &std::path::Path, segments: &[String]) -> Result<Vec<WalEntry>> {
+    segments
+        .par_iter()
+        .map(|name| {
+            let path = wal_dir.join(name);
+            let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::invalid(
+                    format!("WAL segment {name}"),
+                    format!("needed by backup {label} but missing from {}", wal_dir.display()),
+                ),
+                _ => Error::io("read", &path, e),
+            })?;
+            if bytes.len() > MAX_SEGMENT {
+                return Err(Error::invalid(path.display().to_string(), "larger than a WAL segment can be"));
+            }
+            let key = Manifest::wal_key(&repo.name, label, name);
+            repo.storage.put(&key, &repo.codec.encode(key.as_bytes(), &bytes))?;
+            Ok(WalEntry { name: name.clone(), size: bytes.len() as u64, sum: xxh3_64(&bytes) })
+        })
+        .collect()
+}
+
+/// Reads a WAL segment stored in a set, verified.
+pub fn load_wal(repo: &StanzaRepo, label: &SetLabel, entry: &WalEntry) -> Result<Vec<u8>> {
+    let key = Manifest::wal_key(&repo.name, label, &entry.name);
+    let what = format!("backup {label}, WAL segment {}", entry.name);
+    let stored = repo.storage.get(&key)?.ok_or_else(|| Error::invalid(&what, "missing from the repository"))?;
+    let bytes = repo.codec.decode(key.as_bytes(), &stored, MAX_SEGMENT, &what)?;
+    if bytes.len() as u64 != entry.size || xxh3_64(&bytes) != entry.sum {
+        return Err(Error::invalid(what, "checksum mismatch"));
+    }
+    Ok(bytes)
+}
+

@@ -1,0 +1,234 @@
+//! `expire`: removing backup sets by the repository's retention (full by count or by time, diff by
+//! count) or one set on request — never a set that a kept set depends on.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::config::{RepoConfig, Resolved, RetentionType};
+use crate::error::{Error, Result};
+use crate::ops::identity::become_owner_of;
+use crate::ops::stanza_repo::StanzaRepo;
+use crate::repo::label::{BackupType, SetLabel};
+use crate::repo::manifest::Manifest;
+use crate::repo::storage::Storage;
+
+/// What expire removed (or would remove).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExpireReport {
+    /// Sets removed.
+    pub removed: Vec<SetLabel>,
+    /// Bytes freed in the repository.
+    pub freed_bytes: u64,
+    /// Sets kept.
+    pub kept: Vec<SetLabel>,
+    /// Whether nothing was actually removed.
+    pub dry_run: bool,
+}
+
+/// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
+pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Result<ExpireReport> {
+    become_owner_of(&resolved.repo.path)?;
+    let repo = StanzaRepo::open(resolved)?;
+    let _lock = repo.lock("expire")?;
+    repo.remove_uncommitted()?;
+    let manifests = repo.manifests()?;
+    let remove = match set {
+        Some(label) => {
+            if !manifests.iter().any(|m| &m.label == label) {
+                return Err(Error::refused(format!("backup {label} does not exist in stanza {}", repo.name), None));
+            }
+            with_dependents(&manifests, label)
+        }
+        None => retention_victims(&manifests, &repo.settings, Utc::now()),
+    };
+    remove_sets(&repo, &manifests, &remove, dry_run)
+}
+
+/// Applies the retention policy after a backup (the caller holds the lock).
+pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>) -> Result<ExpireReport> {
+    let manifests = repo.manifests()?;
+    let remove = retention_victims(&manifests, &repo.settings, now);
+    remove_sets(repo, &manifests, &remove, false)
+}
+
+fn remove_sets(repo: &StanzaRepo, manifests: &[Manifest], remove: &BTreeSet<SetLabel>, dry_run: bool) -> Result<ExpireReport> {
+    let mut report = ExpireReport { dry_run, ..Default::default() };
+    for manifest in manifests {
+        if remove.contains(&manifest.label) {
+            let prefix = Manifest::set_prefix(&repo.name, &manifest.label);
+            report.freed_bytes += repo.storage.size(&prefix)?;
+            if !dry_run {
+                // The manifest goes first: from then on the set no longer exists, whatever remains.
+                repo.storage.delete(&Manifest::key(&repo.name, &manifest.label))?;
+                repo.storage.delete_prefix(&prefix)?;
+            }
+            report.removed.push(manifest.label.clone());
+        } else {
+            report.kept.push(manifest.label.clone());
+        }
+    }
+    Ok(report)
+}
+
+/// The sets retention removes: everything not kept, where kept means the fulls within retention,
+/// the newest `retention_diff` diffs of kept fulls, incrs whose prior is kept, and whatever a kept
+/// set references.
+pub fn retention_victims(manifests: &[Manifest], settings: &RepoConfig, now: DateTime<Utc>) -> BTreeSet<SetLabel> {
+    let fulls: Vec<&Manifest> = manifests.iter().filter(|m| m.kind == BackupType::Full).collect();
+    let mut kept: BTreeSet<SetLabel> = BTreeSet::new();
+    match settings.retention_full_type {
+        RetentionType::Count => {
+            let n = settings.retention_full.max(1) as usize;
+            kept.extend(fulls.iter().rev().take(n).map(|m| m.label.clone()));
+        }
+        RetentionType::Time => {
+            let cutoff = now - Duration::days(i64::from(settings.retention_full));
+            kept.extend(fulls.iter().filter(|m| m.stop_time >= cutoff).map(|m| m.label.clone()));
+            // The newest full before the window is what restores to the window's first moments.
+            if let Some(anchor) = fulls.iter().rev().find(|m| m.stop_time < cutoff) {
+                kept.insert(anchor.label.clone());
+            }
+        }
+    }
+    let diffs: Vec<&Manifest> = manifests
+        .iter()
+        .filter(|m| m.kind == BackupType::Diff && kept.iter().any(|k| k.as_str() == m.label.full_part()))
+        .collect();
+    let keep_diffs = settings.retention_diff.map(|n| n as usize).unwrap_or(diffs.len());
+    kept.extend(diffs.iter().rev().take(keep_diffs).map(|m| m.label.clone()));
+    for m in manifests.iter().filter(|m| m.kind == BackupType::Incr) {
+        if m.prior.as_ref().is_some_and(|p| kept.contains(p)) {
+            kept.insert(m.label.clone());
+        }
+    }
+    // Dependencies of kept sets stay, whatever the policy says.
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for m in manifests {
+            if kept.contains(&m.label) {
+                for dep in m.references.iter().chain(m.prior.iter()) {
+                    changed |= kept.insert(dep.clone());
+                }
+            }
+        }
+    }
+    manifests.iter().map(|m| m.label.clone()).filter(|l| !kept.contains(l)).collect()
+}
+
+/// `label` and every set that depends on it, directly or not.
+pub fn with_dependents(manifests: &[Manifest], label: &SetLabel) -> BTreeSet<SetLabel> {
+    let mut remove: BTreeSet<SetLabel> = [label.clone()].into();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for m in manifests {
+            if !remove.contains(&m.label) && m.references.iter().chain(m.prior.iter()).any(|d| remove.contains(d)) {
+                changed |= remove.insert(m.label.clone());
+            }
+        }
+    }
+    remove
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::lsn::Lsn;
+    use crate::repo::manifest::SetStats;
+
+    fn manifest(label: &str, prior: Option<&str>, days_ago: i64) -> Manifest {
+        let label: SetLabel = label.parse().unwrap();
+        let prior: Option<SetLabel> = prior.map(|p| p.parse().unwrap());
+        let time = Utc::now() - Duration::days(days_ago);
+        Manifest {
+            format: 1,
+            kind: label.kind(),
+            references: prior.iter().cloned().collect(),
+            label,
+            prior,
+            system_identifier: 1,
+            pg_version: 18,
+            timeline: 1,
+            start_lsn: Lsn(0),
+            stop_lsn: Lsn(0),
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            start_time: time,
+            stop_time: time,
+            backup_label: String::new(),
+            tablespace_map: None,
+            tablespaces: vec![],
+            checksums_enabled: true,
+            snapshot: true,
+            dirs: vec![],
+            files: vec![],
+            wal: vec![],
+            bad_pages: vec![],
+            stats: SetStats::default(),
+        }
+    }
+
+    fn settings(kind: RetentionType, full: u32, diff: Option<u32>) -> RepoConfig {
+        RepoConfig {
+            path: "/x".into(),
+            retention_full_type: kind,
+            retention_full: full,
+            retention_diff: diff,
+            cipher: Default::default(),
+            compression: Default::default(),
+            passphrase_file: None,
+        }
+    }
+
+    const F1: &str = "20250101-000000F";
+    const F1I: &str = "20250101-000000F_20250102-000000I";
+    const F2: &str = "20250103-000000F";
+    const F2D: &str = "20250103-000000F_20250104-000000D";
+    const F2DI: &str = "20250103-000000F_20250104-010000I";
+    const F2D2: &str = "20250103-000000F_20250105-000000D";
+
+    fn sample() -> Vec<Manifest> {
+        vec![
+            manifest(F1, None, 10),
+            manifest(F1I, Some(F1), 9),
+            manifest(F2, None, 8),
+            manifest(F2D, Some(F2), 7),
+            manifest(F2DI, Some(F2D), 7),
+            manifest(F2D2, Some(F2), 6),
+        ]
+    }
+
+    fn labels(names: &[&str]) -> BTreeSet<SetLabel> {
+        names.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn count_retention_removes_old_fulls_with_their_dependents() {
+        let victims = retention_victims(&sample(), &settings(RetentionType::Count, 1, None), Utc::now());
+        assert_eq!(victims, labels(&[F1, F1I]));
+        assert!(retention_victims(&sample(), &settings(RetentionType::Count, 2, None), Utc::now()).is_empty());
+    }
+
+    #[test]
+    fn diff_retention_keeps_what_kept_sets_need() {
+        let victims = retention_victims(&sample(), &settings(RetentionType::Count, 2, Some(1)), Utc::now());
+        // The older diff goes, and the incr built on it with it.
+        assert_eq!(victims, labels(&[F2D, F2DI]));
+    }
+
+    #[test]
+    fn time_retention_keeps_the_anchor_before_the_window() {
+        let victims = retention_victims(&sample(), &settings(RetentionType::Time, 7, None), Utc::now());
+        // F2 (8 days) anchors the 7-day window; F1 is older than the anchor.
+        assert_eq!(victims, labels(&[F1, F1I]));
+    }
+
+    #[test]
+    fn removing_one_set_takes_its_dependents() {
+        assert_eq!(with_dependents(&sample(), &F2D.parse().unwrap()), labels(&[F2D, F2DI]));
+        assert_eq!(with_dependents(&sample(), &F2.parse().unwrap()), labels(&[F2, F2D, F2DI, F2D2]));
+    }
+}

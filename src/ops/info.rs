@@ -1,0 +1,145 @@
+//! `info`: the stanza and its backup sets, with the fields `pgbackrest info` shows plus what the
+//! page scanner found (pages changed, bad checksums).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+use crate::ops::stanza_repo::StanzaRepo;
+use crate::pg::lsn::Lsn;
+use crate::repo::label::{BackupType, SetLabel};
+use crate::repo::manifest::{BadPage, Manifest};
+use crate::repo::storage::Storage;
+
+/// The state of a stanza.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoReport {
+    /// Stanza name.
+    pub stanza: String,
+    /// "ok", or "error (…)".
+    pub status: String,
+    /// Cipher of the repository.
+    pub cipher: String,
+    /// Compression of the repository.
+    pub compression: String,
+    /// The cluster's system identifier.
+    pub system_identifier: u64,
+    /// The cluster's major version.
+    pub pg_version: u32,
+    /// Backup sets, oldest first.
+    pub sets: Vec<SetInfo>,
+    /// Sets that could not be read, with the reason.
+    pub errors: Vec<String>,
+}
+
+/// One backup set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetInfo {
+    /// Label.
+    pub label: SetLabel,
+    /// Type.
+    pub kind: BackupType,
+    /// The set it is based on.
+    pub prior: Option<SetLabel>,
+    /// Sets it reads pages from.
+    pub references: Vec<SetLabel>,
+    /// Start time.
+    pub start_time: DateTime<Utc>,
+    /// Stop time.
+    pub stop_time: DateTime<Utc>,
+    /// Start LSN.
+    pub start_lsn: Lsn,
+    /// Stop LSN.
+    pub stop_lsn: Lsn,
+    /// First WAL segment.
+    pub wal_start: String,
+    /// Last WAL segment.
+    pub wal_stop: String,
+    /// Size of the database.
+    pub database_size: u64,
+    /// Plaintext bytes this set stored (the database backup size).
+    pub backup_size: u64,
+    /// Bytes of this set in the repository.
+    pub repo_size: u64,
+    /// Bytes in the repository of this set and every set it references (what a restore reads from).
+    pub repo_set_size: u64,
+    /// Files.
+    pub files: u64,
+    /// Pages examined.
+    pub pages_total: u64,
+    /// Pages stored by this set.
+    pub pages_changed: u64,
+    /// Pages with bad checksums.
+    pub bad_checksums: usize,
+    /// The bad pages (at most 50).
+    pub bad_pages: Vec<BadPage>,
+    /// Whether a reflink snapshot was scanned.
+    pub snapshot: bool,
+}
+
+/// Reads the stanza's state; `set` limits the sets shown.
+pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
+    let repo = StanzaRepo::open(resolved)?;
+    let mut errors = Vec::new();
+    let mut manifests = Vec::new();
+    for label in repo.labels()? {
+        match repo.manifest(&label) {
+            Ok(m) => manifests.push(m),
+            Err(e) => errors.push(format!("{label}: {e}")),
+        }
+    }
+    if let Some(set) = set {
+        if !manifests.iter().any(|m| &m.label == set) && !errors.iter().any(|e| e.starts_with(set.as_str())) {
+            return Err(Error::refused(format!("backup {set} does not exist in stanza {}", repo.name), None));
+        }
+    }
+    let size_of = |label: &SetLabel| repo.storage.size(&Manifest::set_prefix(&repo.name, label));
+    let mut sets = Vec::new();
+    for m in manifests.iter().filter(|m| set.is_none_or(|s| &m.label == s)) {
+        let repo_size = size_of(&m.label)?;
+        let mut repo_set_size = repo_size;
+        for reference in &m.references {
+            repo_set_size += size_of(reference)?;
+        }
+        sets.push(SetInfo {
+            label: m.label.clone(),
+            kind: m.kind,
+            prior: m.prior.clone(),
+            references: m.references.clone(),
+            start_time: m.start_time,
+            stop_time: m.stop_time,
+            start_lsn: m.start_lsn,
+            stop_lsn: m.stop_lsn,
+            wal_start: m.start_wal.clone(),
+            wal_stop: m.stop_wal.clone(),
+            database_size: m.stats.database_size,
+            backup_size: m.stats.backup_size,
+            repo_size,
+            repo_set_size,
+            files: m.stats.files,
+            pages_total: m.stats.pages_total,
+            pages_changed: m.stats.pages_changed,
+            bad_checksums: m.bad_pages.len(),
+            bad_pages: m.bad_pages.iter().take(50).cloned().collect(),
+            snapshot: m.snapshot,
+        });
+    }
+    let status = if !errors.is_empty() {
+        "error (unreadable backup sets)".to_string()
+    } else if manifests.is_empty() {
+        "error (no valid backups)".to_string()
+    } else {
+        "ok".to_string()
+    };
+    Ok(InfoReport {
+        stanza: repo.name.clone(),
+        status,
+        cipher: repo.record.cipher_name().into(),
+        compression: format!("{:?}", repo.record.compression).to_lowercase(),
+        system_identifier: repo.record.current.system_identifier,
+        pg_version: repo.record.current.pg_version,
+        sets,
+        errors,
+    })
+}

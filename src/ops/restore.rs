@@ -1,0 +1,275 @@
+//! `restore`: rebuild a backup set's data directory — every file from the extents of its chain,
+//! its tablespaces at their recorded locations, the set's own WAL, its backup_label — so the
+//! cluster starts and recovers to the set's consistent point. `--delta` rewrites only what differs.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::config::Resolved;
+use crate::error::{Error, IoContext, Result};
+use crate::ops::backup::load_wal;
+use crate::ops::identity::become_owner_of;
+use crate::ops::stanza_repo::StanzaRepo;
+use crate::pg::conf::set_auto_conf;
+use crate::pg::datadir::PostmasterPid;
+use crate::progress::Progress;
+use crate::repo::label::SetLabel;
+use crate::repo::manifest::{FileEntry, Manifest, RunRef};
+use crate::repo::read::RunReader;
+use crate::util::fsx;
+
+/// A restore request.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The set; the newest when `None`.
+    pub set: Option<SetLabel>,
+    /// The data directory to restore into.
+    pub data: PathBuf,
+    /// Rewrite only what differs in an existing directory.
+    pub delta: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// Stanza.
+    pub stanza: String,
+    /// The set restored.
+    pub label: SetLabel,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Files in the set.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Bytes found already right (delta).
+    pub bytes_unchanged: u64,
+    /// Files removed because the set does not have them (delta).
+    pub files_removed: u64,
+    /// WAL segments written to pg_wal.
+    pub wal_segments: u64,
+    /// Wall time, milliseconds.
+    pub duration_ms: f64,
+    /// Remarks.
+    pub notes: Vec<String>,
+}
+
+/// Restores a set into `opts.data`.
+pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+    let started = Instant::now();
+    become_owner_of(&resolved.repo.path)?;
+    let repo = StanzaRepo::open(resolved)?;
+    let label = match &opts.set {
+        Some(label) => label.clone(),
+        None => repo.labels()?.pop().ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
+    };
+    let manifest = repo.manifest(&label)?;
+    let target = &opts.data;
+    check_target(target, opts.delta)?;
+    for ts in &manifest.tablespaces {
+        check_target(Path::new(&ts.location), opts.delta)?;
+    }
+
+    let mut files_removed = 0;
+    if !target.exists() {
+        fsx::create_dir_mode(target, 0o700)?;
+    } else if opts.delta {
+        files_removed = remove_extra_files(target, &manifest)?;
+    }
+    create_dirs(target, &manifest)?;
+
+    let reader = RunReader::new(&repo.storage, &repo.codec, &repo.name);
+    let written = AtomicU64::new(0);
+    let unchanged = AtomicU64::new(0);
+    progress.begin("restore", manifest.stats.database_size);
+    manifest.files.par_iter().try_for_each(|entry| {
+        let (w, u) = restore_file(target, entry, &reader, opts.delta)?;
+        written.fetch_add(w, Ordering::Relaxed);
+        unchanged.fetch_add(u, Ordering::Relaxed);
+        progress.advance(entry.size);
+        Ok::<(), Error>(())
+    })?;
+    progress.end();
+
+    let wal_dir = target.join("pg_wal");
+    for entry in &manifest.wal {
+        let bytes = load_wal(&repo, &label, entry)?;
+        fsx::write_atomic(&wal_dir.join(&entry.name), &bytes, 0o600)?;
+    }
+    fsx::write_atomic(&target.join("backup_label"), manifest.backup_label.as_bytes(), 0o600)?;
+    if let Some(map) = &manifest.tablespace_map {
+        fsx::write_atomic(&target.join("tablespace_map"), map.as_bytes(), 0o600)?;
+    }
+    let reason = format!("pgfork: restored from backup {label}; archiving off until checked");
+    set_auto_conf(target, &reason, &[("archive_mode", "off".to_string())])?;
+    fsx::sync_filesystem(target)?;
+    let notes = vec![format!(
+        "archive_mode is off in the restored cluster so it cannot write into the repository: once it is checked, \
+         turn archiving on (ALTER SYSTEM SET archive_mode = on) and take a full backup"
+    )];
+    Ok(RestoreReport {
+        stanza: repo.name.clone(),
+        label,
+        data: target.clone(),
+        files: manifest.files.len() as u64,
+        bytes_written: written.into_inner(),
+        bytes_unchanged: unchanged.into_inner(),
+        files_removed,
+        wal_segments: manifest.wal.len() as u64,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        notes,
+    })
+}
+
+/// Refuses a directory a running server owns, and a non-empty one without delta.
+fn check_target(dir: &Path, delta: bool) -> Result<()> {
+    if let Some(pid) = PostmasterPid::read(dir).ok().flatten().filter(PostmasterPid::is_alive) {
+        return Err(Error::refused(
+            format!("{} belongs to a running server (pid {}, port {})", dir.display(), pid.pid, pid.port),
+            Some("stop it before restoring into it".into()),
+        ));
+    }
+    let non_empty = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if non_empty && !delta {
+        return Err(Error::refused(
+            format!("{} is not empty", dir.display()),
+            Some("restore into an empty directory, or pass --delta to rewrite only what differs".into()),
+        ));
+    }
+    Ok(())
+}
+
+fn tablespace_link(manifest: &Manifest, rel: &str) -> Option<PathBuf> {
+    let oid = rel.strip_prefix("pg_tblspc/")?;
+    manifest.tablespaces.iter().find(|t| t.oid.to_string() == oid).map(|t| PathBuf::from(&t.location))
+}
+
+fn create_dirs(target: &Path, manifest: &Manifest) -> Result<()> {
+    for dir in &manifest.dirs {
+        let path = target.join(&dir.path);
+        if let Some(location) = tablespace_link(manifest, &dir.path) {
+            std::fs::create_dir_all(&location).at("create directory", &location)?;
+            if std::fs::symlink_metadata(&path).is_ok() {
+                if std::fs::read_link(&path).ok().as_deref() == Some(location.as_path()) {
+                    continue;
+                }
+                remove_any(&path)?;
+            }
+            std::os::unix::fs::symlink(&location, &path).at("create link", &path)?;
+            continue;
+        }
+        std::fs::create_dir_all(&path).at("create directory", &path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode)).at("chmod", &path)?;
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).at("stat", path)?;
+    if meta.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.at("remove", path)
+}
+
+/// Delta: removes files under `target` (and its tablespaces) that the set does not have.
+fn remove_extra_files(target: &Path, manifest: &Manifest) -> Result<u64> {
+    let wanted: HashSet<&str> = manifest
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(manifest.wal.iter().map(|w| w.name.as_str()))
+        .collect();
+    let mut removed = 0;
+    let walker = walkdir::WalkDir::new(target).min_depth(1).follow_links(false);
+    for entry in walker {
+        let entry = entry.map_err(|e| Error::io("walk", target, e.into()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(target).expect("under target").to_string_lossy().into_owned();
+        let wal_name = rel.strip_prefix("pg_wal/").unwrap_or("");
+        if !wanted.contains(rel.as_str()) && !wanted.contains(wal_name) {
+            std::fs::remove_file(entry.path()).at("remove", entry.path())?;
+            removed += 1;
+        }
+    }
+    for ts in &manifest.tablespaces {
+        let prefix = format!("pg_tblspc/{}", ts.oid);
+        let root = Path::new(&ts.location);
+        for entry in walkdir::WalkDir::new(root).min_depth(1).into_iter().filter_map(|e| e.ok()) {
+            if entry.file_type().is_file() {
+                let rel = format!("{prefix}/{}", entry.path().strip_prefix(root).expect("under root").to_string_lossy());
+                if !wanted.contains(rel.as_str()) {
+                    std::fs::remove_file(entry.path()).at("remove", entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes one file; returns (bytes written, bytes already right).
+fn restore_file(target: &Path, entry: &FileEntry, reader: &RunReader<'_>, delta: bool) -> Result<(u64, u64)> {
+    let path = target.join(&entry.path);
+    let exists = delta && path.is_file();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(!exists)
+        .mode(entry.mode)
+        .open(&path)
+        .at("create", &path)?;
+    let mut cache: Option<(RunRef, Vec<u8>)> = None;
+    let (mut written, mut unchanged) = (0u64, 0u64);
+    let mut local = Vec::new();
+    for extent in &entry.extents {
+        let len = usize::try_from(extent.len).map_err(|_| Error::invalid(&entry.path, "extent too large"))?;
+        let wanted: Vec<u8> = match &extent.run {
+            None if !exists => continue, // a hole in a new file reads as zeros
+            None => vec![0u8; len],
+            Some(run) => {
+                let same = cache.as_ref().is_some_and(|(r, _)| r.set == run.set && r.pack == run.pack && r.at == run.at);
+                if !same {
+                    cache = Some((run.clone(), reader.read(run, &entry.path)?));
+                }
+                let plain = &cache.as_ref().expect("cached").1;
+                let skip = run.skip as usize;
+                plain
+                    .get(skip..skip + len)
+                    .ok_or_else(|| Error::invalid(format!("backup {}, file {}", run.set, entry.path), "extent outside its run"))?
+                    .to_vec()
+            }
+        };
+        if exists {
+            local.resize(len, 0);
+            let got = read_fully_at(&file, &mut local, extent.offset).at("read", &path)?;
+            if got == len && local == wanted {
+                unchanged += extent.len;
+                continue;
+            }
+        }
+        file.write_all_at(&wanted, extent.offset).at("write", &path)?;
+        written += extent.len;
+    }
+    file.set_len(entry.size).at("truncate", &path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(entry.mode)).at("chmod", &path)?;
+    Ok((written, unchanged))
+}
+
+fn read_fully_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}

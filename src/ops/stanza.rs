@@ -1,0 +1,128 @@
+//! `stanza-create`, `stanza-upgrade`, `stanza-delete`: the record tying a repository stanza to one
+//! cluster (system identifier and version), created with its encryption key.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::config::{CipherKind, Resolved};
+use crate::error::{Error, Result};
+use crate::ops::identity::become_owner_of;
+use crate::pg::datadir::DataDir;
+use crate::repo::crypto::DataKey;
+use crate::repo::stanza::{ClusterIdentity, StanzaRecord};
+use crate::repo::storage::{LocalStorage, Storage};
+
+/// What a stanza command did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StanzaReport {
+    /// Stanza name.
+    pub stanza: String,
+    /// What happened: "created", "exists", "upgraded", "unchanged", "deleted".
+    pub action: String,
+    /// The cluster recorded.
+    pub system_identifier: u64,
+    /// Its major version.
+    pub pg_version: u32,
+    /// Cipher of the repository.
+    pub cipher: String,
+}
+
+fn cluster_identity(resolved: &Resolved) -> Result<(DataDir, ClusterIdentity)> {
+    let data = DataDir::open(&resolved.stanza.data)?;
+    become_owner_of(data.path())?;
+    let control = data.control()?;
+    let identity = ClusterIdentity { system_identifier: control.system_identifier, pg_version: data.major(), since: Utc::now() };
+    Ok((data, identity))
+}
+
+/// Creates the stanza (idempotent for the same cluster).
+pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
+    let (_, identity) = cluster_identity(resolved)?;
+    let storage = LocalStorage::new(&resolved.repo.path);
+    let report = |action: &str, record: &StanzaRecord| StanzaReport {
+        stanza: resolved.name.clone(),
+        action: action.into(),
+        system_identifier: record.current.system_identifier,
+        pg_version: record.current.pg_version,
+        cipher: record.cipher_name().into(),
+    };
+    if let Some(record) = StanzaRecord::load(&storage, &resolved.name)? {
+        record.check_cluster(identity.system_identifier, identity.pg_version)?;
+        return Ok(report("exists", &record));
+    }
+    let key = match resolved.repo.cipher {
+        CipherKind::None => None,
+        CipherKind::Aes256Gcm => {
+            let pass = resolved.repo.passphrase()?.expect("an encrypted repository has a passphrase");
+            Some(DataKey::generate().wrap(&pass)?)
+        }
+    };
+    let record = StanzaRecord {
+        format: 1,
+        name: resolved.name.clone(),
+        current: identity,
+        history: Vec::new(),
+        compression: resolved.repo.compression,
+        key,
+    };
+    record.save(&storage)?;
+    Ok(report("created", &record))
+}
+
+/// Records the cluster's new identity after a major upgrade or a new initdb.
+pub fn upgrade(resolved: &Resolved) -> Result<StanzaReport> {
+    let (_, identity) = cluster_identity(resolved)?;
+    let storage = LocalStorage::new(&resolved.repo.path);
+    let mut record = StanzaRecord::require(&storage, &resolved.name)?;
+    // The passphrase must open the key before anything changes.
+    record.codec(resolved.repo.passphrase()?.as_ref())?;
+    let action = if record.check_cluster(identity.system_identifier, identity.pg_version).is_ok() {
+        "unchanged"
+    } else {
+        let old = std::mem::replace(&mut record.current, identity);
+        record.history.push(old);
+        record.save(&storage)?;
+        "upgraded"
+    };
+    Ok(StanzaReport {
+        stanza: resolved.name.clone(),
+        action: action.into(),
+        system_identifier: record.current.system_identifier,
+        pg_version: record.current.pg_version,
+        cipher: record.cipher_name().into(),
+    })
+}
+
+/// Deletes the stanza and every backup in it; refused while its cluster runs unless `force`.
+pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
+    let data = DataDir::open(&resolved.stanza.data)?;
+    become_owner_of(data.path())?;
+    if let Some(pid) = data.running_server()? {
+        if !force {
+            return Err(Error::refused(
+                format!("the cluster of stanza {} is running (pid {}); deleting its backups now leaves it unprotected", resolved.name, pid.pid),
+                Some("stop the cluster first, or pass --force".into()),
+            ));
+        }
+    }
+    let storage = LocalStorage::new(&resolved.repo.path);
+    let record = StanzaRecord::require(&storage, &resolved.name)?;
+    let _lock = crate::repo::lock::StanzaLock::acquire(
+        &crate::ops::stanza_repo::lock_path(&resolved.repo.path, &resolved.name),
+        &resolved.name,
+        "stanza-delete",
+    )?;
+    for key in storage.list(&format!("{}/", resolved.name))? {
+        if !key.ends_with("/lock") {
+            storage.delete(&key)?;
+        }
+    }
+    storage.delete_prefix(&resolved.name)?;
+    Ok(StanzaReport {
+        stanza: resolved.name.clone(),
+        action: "deleted".into(),
+        system_identifier: record.current.system_identifier,
+        pg_version: record.current.pg_version,
+        cipher: record.cipher_name().into(),
+    })
+}

@@ -1,0 +1,97 @@
+//! A stanza's repository opened for an operation: storage, stanza record, codec (with the data
+//! key unwrapped), lock and the committed backup sets.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{RepoConfig, Resolved};
+use crate::error::{Error, Result};
+use crate::pg::session::ConnTarget;
+use crate::repo::codec::Codec;
+use crate::repo::label::SetLabel;
+use crate::repo::lock::StanzaLock;
+use crate::repo::manifest::Manifest;
+use crate::repo::stanza::StanzaRecord;
+use crate::repo::storage::{LocalStorage, Storage};
+
+/// An opened stanza.
+pub struct StanzaRepo {
+    /// Stanza name.
+    pub name: String,
+    /// The repository's storage.
+    pub storage: LocalStorage,
+    /// The stanza record.
+    pub record: StanzaRecord,
+    /// Encoding of objects.
+    pub codec: Codec,
+    /// Repository settings.
+    pub settings: RepoConfig,
+}
+
+impl StanzaRepo {
+    /// Opens the stanza, refusing when it does not exist or the passphrase is wrong.
+    pub fn open(resolved: &Resolved) -> Result<StanzaRepo> {
+        let storage = LocalStorage::new(&resolved.repo.path);
+        let record = StanzaRecord::require(&storage, &resolved.name)?;
+        let codec = record.codec(resolved.repo.passphrase()?.as_ref())?;
+        Ok(StanzaRepo { name: resolved.name.clone(), storage, record, codec, settings: resolved.repo.clone() })
+    }
+
+    /// Takes the stanza's lock for `command`.
+    pub fn lock(&self, command: &str) -> Result<StanzaLock> {
+        StanzaLock::acquire(&lock_path(&self.settings.path, &self.name), &self.name, command)
+    }
+
+    /// Labels of committed sets, oldest first.
+    pub fn labels(&self) -> Result<Vec<SetLabel>> {
+        Manifest::list_committed(&self.storage, &self.name)
+    }
+
+    /// The manifest of `label`; an error naming it when missing or unreadable.
+    pub fn manifest(&self, label: &SetLabel) -> Result<Manifest> {
+        Manifest::load(&self.storage, &self.codec, &self.name, label)?.ok_or_else(|| {
+            Error::refused(format!("backup {label} does not exist in stanza {}", self.name), Some("list the sets with pgfork info".into()))
+        })
+    }
+
+    /// Every committed manifest, oldest first.
+    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+        self.labels()?.iter().map(|l| self.manifest(l)).collect()
+    }
+
+    /// Removes set directories that have no manifest: what a crashed or killed backup left.
+    /// Call with the lock held. Returns the labels removed.
+    pub fn remove_uncommitted(&self) -> Result<Vec<SetLabel>> {
+        let committed = self.labels()?;
+        let mut removed = Vec::new();
+        for label in Manifest::list_set_dirs(&self.storage, &self.name)? {
+            if !committed.contains(&label) {
+                self.storage.delete_prefix(&Manifest::set_prefix(&self.name, &label))?;
+                removed.push(label);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The lock file of a stanza in a local repository.
+pub fn lock_path(repo: &Path, stanza: &str) -> PathBuf {
+    repo.join(stanza).join("lock")
+}
+
+/// How to reach the stanza's server: configured socket, else the one in postmaster.pid, else the
+/// usual socket directories.
+pub fn server_target(resolved: &Resolved, data_dir: &Path, user: &str) -> ConnTarget {
+    let host = resolved
+        .stanza
+        .socket
+        .clone()
+        .or_else(|| {
+            crate::pg::datadir::PostmasterPid::read(data_dir)
+                .ok()
+                .flatten()
+                .and_then(|p| p.socket_dir)
+                .map(|d| d.display().to_string())
+        })
+        .unwrap_or_else(|| "/var/run/postgresql".into());
+    ConnTarget { host, port: resolved.stanza.port, user: resolved.stanza.user.clone().unwrap_or_else(|| user.to_string()), dbname: "postgres".into() }
+}
