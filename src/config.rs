@@ -170,7 +170,12 @@ impl Config {
                     let (n, s) = self.stanza.iter().next().expect("one stanza");
                     (n.clone(), s.clone())
                 }
-                0 => return Err(Error::refused("the configuration has no stanza", Some("add a [stanza.NAME] table".into()))),
+                0 => {
+                    return Err(Error::refused(
+                        "the configuration has no stanza",
+                        Some("add a [stanza.NAME] table".into()),
+                    ));
+                }
                 _ => return Err(Error::refused("several stanzas are configured", Some(self.stanza_hint()))),
             },
         };

@@ -6,6 +6,8 @@
 mod common;
 mod loopfs;
 
+use std::time::Duration;
+
 use common::*;
 use loopfs::{Kind, LoopFs};
 
@@ -130,4 +132,58 @@ fn clone_db_on_xfs_clones_with_postgresql_18() {
     let grown = fs.used_bytes().saturating_sub(used);
     assert!(grown < 20 * 1024 * 1024, "a clone of a ~75 MB database took {grown} bytes");
     drop(cluster);
+}
+
+#[test]
+fn backup_on_xfs_scans_a_reflink_snapshot() {
+    if !can_run("backup_on_xfs_scans_a_reflink_snapshot") || !loopfs::available(Kind::XfsReflink) {
+        return;
+    }
+    let fs = LoopFs::new(Kind::XfsReflink, 1024);
+    let version = PgVersion::get(18);
+    let mut cluster = Cluster::init(&version, Some(fs.path()));
+    cluster.start();
+    cluster.pgbench_init("postgres", 2);
+    let repo = RepoSetup::new(&cluster, Some("pw"), "");
+    repo.ok(&["stanza-create"]);
+    let full = repo.backup("full");
+    assert_eq!(full["snapshot"], true, "{full}");
+    let mut bench = cluster.pgbench("postgres", &["-c", "2", "-T", "60"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // Under load, and with a table dropped meanwhile, the incr still reads a consistent snapshot.
+    cluster.psql("postgres", "CREATE TABLE gone AS SELECT g FROM generate_series(1, 50000) g");
+    let incr_child = std::thread::spawn({
+        let config = repo.config.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgfork"))
+                .args(["backup", "--json", "--config", config.to_str().unwrap()])
+                .env("PGFORK_PASSPHRASE", "pw")
+                .output()
+                .unwrap()
+        }
+    });
+    cluster.psql("postgres", "DROP TABLE gone");
+    let out = incr_child.join().unwrap();
+    let _ = bench.kill();
+    let _ = bench.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let incr: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(incr["snapshot"], true);
+    assert!(
+        !fs.path().read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("pgfork-snapshot"))
+    );
+
+    let dir = PgDir::new(Some(fs.path()), "restore-");
+    let data = dir.path().join("data");
+    repo.ok(&["restore", "--data", data.to_str().unwrap()]);
+    let port = free_port();
+    common::append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    must_run_as_postgres(
+        &version.bin("pg_ctl"),
+        &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
+    );
+    let restored =
+        RunningFork { version: version.clone(), data, socket_dir: cluster.socket_dir.path().to_path_buf(), port };
+    assert_eq!(restored.psql("postgres", "SELECT count(*) FROM pgbench_accounts"), "200000");
+    restored.amcheck();
 }

@@ -38,7 +38,8 @@ impl BackupArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let resolved = self.repo.resolve()?;
         let opts = BackupOptions { kind: self.kind, fast_checkpoint: !self.spread_checkpoint };
-        let report = backup(&resolved, &opts, &TerminalProgress::default()).with_context(|| format!("backup of stanza {}", resolved.name))?;
+        let report = backup(&resolved, &opts, &TerminalProgress::default())
+            .with_context(|| format!("backup of stanza {}", resolved.name))?;
         if self.json {
             return super::print_json(&report);
         }
@@ -46,14 +47,32 @@ impl BackupArgs {
             eprintln!("pgfork: {note}");
         }
         let s = &report.stats;
-        println!("{} backup {} of stanza {} done in {:.1} s", report.kind, report.label, report.stanza, report.duration_ms / 1000.0);
+        println!(
+            "{} backup {} of stanza {} done in {:.1} s",
+            report.kind,
+            report.label,
+            report.stanza,
+            report.duration_ms / 1000.0
+        );
         if let Some(prior) = &report.prior {
             println!("  based on       {prior}");
         }
-        println!("  wal start/stop {} / {} ({} segment(s) stored with the set)", report.start_lsn, report.stop_lsn, report.wal_segments);
-        println!("  database size  {} in {} files, {} scanned", human_bytes(s.database_size), s.files, if report.snapshot { "reflink snapshot" } else { "live files" });
+        println!(
+            "  wal start/stop {} / {} ({} segment(s) stored with the set)",
+            report.start_lsn, report.stop_lsn, report.wal_segments
+        );
+        println!(
+            "  database size  {} in {} files, {} scanned",
+            human_bytes(s.database_size),
+            s.files,
+            if report.snapshot { "reflink snapshot" } else { "live files" }
+        );
         println!("  pages changed  {} of {}", s.pages_changed, s.pages_total);
-        println!("  backup size    {} stored, {} in the repository", human_bytes(s.backup_size), human_bytes(s.repo_size));
+        println!(
+            "  backup size    {} stored, {} in the repository",
+            human_bytes(s.backup_size),
+            human_bytes(s.repo_size)
+        );
         if report.bad_pages > 0 {
             println!("  bad checksums  {} page(s): see pgfork info --set {}", report.bad_pages, report.label);
         }
@@ -105,7 +124,8 @@ impl ExpireArgs {
     /// Runs expire.
     pub fn run(self) -> anyhow::Result<()> {
         let resolved = self.repo.resolve()?;
-        let report = expire(&resolved, self.set.as_ref(), self.dry_run).with_context(|| format!("expire in stanza {}", resolved.name))?;
+        let report = expire(&resolved, self.set.as_ref(), self.dry_run)
+            .with_context(|| format!("expire in stanza {}", resolved.name))?;
         if self.json {
             return super::print_json(&report);
         }
@@ -153,7 +173,8 @@ impl RestoreArgs {
         let resolved = self.repo.resolve()?;
         let data = std::path::absolute(&self.data)?;
         let opts = RestoreOptions { set: self.set.clone(), data, delta: self.delta };
-        let report = restore(&resolved, &opts, &TerminalProgress::default()).with_context(|| format!("restore of stanza {}", resolved.name))?;
+        let report = restore(&resolved, &opts, &TerminalProgress::default())
+            .with_context(|| format!("restore of stanza {}", resolved.name))?;
         if self.json {
             return super::print_json(&report);
         }
@@ -164,7 +185,11 @@ impl RestoreArgs {
             report.duration_ms / 1000.0,
             report.files,
             human_bytes(report.bytes_written),
-            if self.delta { format!(", {} unchanged, {} removed", human_bytes(report.bytes_unchanged), report.files_removed) } else { String::new() }
+            if self.delta {
+                format!(", {} unchanged, {} removed", human_bytes(report.bytes_unchanged), report.files_removed)
+            } else {
+                String::new()
+            }
         );
         for note in &report.notes {
             println!("  note: {note}");

@@ -38,8 +38,14 @@ impl InfoArgs {
 
 /// The text form.
 pub fn render(r: &InfoReport) -> String {
-    let mut out = format!("stanza: {}\n    status: {}\n    cipher: {}, compression: {}\n", r.stanza, r.status, r.cipher, r.compression);
-    out.push_str(&format!("\n    db (current): PostgreSQL {}, system identifier {}\n", r.pg_version, r.system_identifier));
+    let mut out = format!(
+        "stanza: {}\n    status: {}\n    cipher: {}, compression: {}\n",
+        r.stanza, r.status, r.cipher, r.compression
+    );
+    out.push_str(&format!(
+        "\n    db (current): PostgreSQL {}, system identifier {}\n",
+        r.pg_version, r.system_identifier
+    ));
     for s in &r.sets {
         out.push_str(&format!("\n        {} backup: {}\n", s.kind, s.label));
         out.push_str(&format!(
@@ -63,9 +69,15 @@ pub fn render(r: &InfoReport) -> String {
         if !refs.is_empty() {
             out.push_str(&format!("            backup reference list: {}\n", refs.join(", ")));
         }
-        out.push_str(&format!("            pages changed: {} of {}, bad checksums: {}\n", s.pages_changed, s.pages_total, s.bad_checksums));
+        out.push_str(&format!(
+            "            pages changed: {} of {}, bad checksums: {}\n",
+            s.pages_changed, s.pages_total, s.bad_checksums
+        ));
         for bad in &s.bad_pages {
-            out.push_str(&format!("              bad page: {} block {} (stored {}, computed {})\n", bad.path, bad.block, bad.stored, bad.computed));
+            out.push_str(&format!(
+                "              bad page: {} block {} (stored {}, computed {})\n",
+                bad.path, bad.block, bad.stored, bad.computed
+            ));
         }
     }
     for e in &r.errors {

@@ -53,7 +53,12 @@ pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>) -> Result<ExpireRe
     remove_sets(repo, &manifests, &remove, false)
 }
 
-fn remove_sets(repo: &StanzaRepo, manifests: &[Manifest], remove: &BTreeSet<SetLabel>, dry_run: bool) -> Result<ExpireReport> {
+fn remove_sets(
+    repo: &StanzaRepo,
+    manifests: &[Manifest],
+    remove: &BTreeSet<SetLabel>,
+    dry_run: bool,
+) -> Result<ExpireReport> {
     let mut report = ExpireReport { dry_run, ..Default::default() };
     for manifest in manifests {
         if remove.contains(&manifest.label) {

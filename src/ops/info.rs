@@ -89,10 +89,11 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
             Err(e) => errors.push(format!("{label}: {e}")),
         }
     }
-    if let Some(set) = set {
-        if !manifests.iter().any(|m| &m.label == set) && !errors.iter().any(|e| e.starts_with(set.as_str())) {
-            return Err(Error::refused(format!("backup {set} does not exist in stanza {}", repo.name), None));
-        }
+    if let Some(set) = set
+        && !manifests.iter().any(|m| &m.label == set)
+        && !errors.iter().any(|e| e.starts_with(set.as_str()))
+    {
+        return Err(Error::refused(format!("backup {set} does not exist in stanza {}", repo.name), None));
     }
     let size_of = |label: &SetLabel| repo.storage.size(&Manifest::set_prefix(&repo.name, label));
     let mut sets = Vec::new();

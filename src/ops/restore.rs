@@ -68,7 +68,9 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     let repo = StanzaRepo::open(resolved)?;
     let label = match &opts.set {
         Some(label) => label.clone(),
-        None => repo.labels()?.pop().ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
+        None => {
+            repo.labels()?.pop().ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?
+        }
     };
     let manifest = repo.manifest(&label)?;
     let target = &opts.data;
@@ -183,6 +185,8 @@ fn remove_extra_files(target: &Path, manifest: &Manifest) -> Result<u64> {
         .iter()
         .map(|f| f.path.as_str())
         .chain(manifest.wal.iter().map(|w| w.name.as_str()))
+        // Written from the manifest after the files.
+        .chain(["backup_label", "tablespace_map"])
         .collect();
     let mut removed = 0;
     let walker = walkdir::WalkDir::new(target).min_depth(1).follow_links(false);
@@ -203,7 +207,8 @@ fn remove_extra_files(target: &Path, manifest: &Manifest) -> Result<u64> {
         let root = Path::new(&ts.location);
         for entry in walkdir::WalkDir::new(root).min_depth(1).into_iter().filter_map(|e| e.ok()) {
             if entry.file_type().is_file() {
-                let rel = format!("{prefix}/{}", entry.path().strip_prefix(root).expect("under root").to_string_lossy());
+                let rel =
+                    format!("{prefix}/{}", entry.path().strip_prefix(root).expect("under root").to_string_lossy());
                 if !wanted.contains(rel.as_str()) {
                     std::fs::remove_file(entry.path()).at("remove", entry.path())?;
                     removed += 1;
@@ -235,7 +240,8 @@ fn restore_file(target: &Path, entry: &FileEntry, reader: &RunReader<'_>, delta:
             None if !exists => continue, // a hole in a new file reads as zeros
             None => vec![0u8; len],
             Some(run) => {
-                let same = cache.as_ref().is_some_and(|(r, _)| r.set == run.set && r.pack == run.pack && r.at == run.at);
+                let same =
+                    cache.as_ref().is_some_and(|(r, _)| r.set == run.set && r.pack == run.pack && r.at == run.at);
                 if !same {
                     cache = Some((run.clone(), reader.read(run, &entry.path)?));
                 }
@@ -243,7 +249,9 @@ fn restore_file(target: &Path, entry: &FileEntry, reader: &RunReader<'_>, delta:
                 let skip = run.skip as usize;
                 plain
                     .get(skip..skip + len)
-                    .ok_or_else(|| Error::invalid(format!("backup {}, file {}", run.set, entry.path), "extent outside its run"))?
+                    .ok_or_else(|| {
+                        Error::invalid(format!("backup {}, file {}", run.set, entry.path), "extent outside its run")
+                    })?
                     .to_vec()
             }
         };

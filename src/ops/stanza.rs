@@ -31,7 +31,8 @@ fn cluster_identity(resolved: &Resolved) -> Result<(DataDir, ClusterIdentity)> {
     let data = DataDir::open(&resolved.stanza.data)?;
     become_owner_of(data.path())?;
     let control = data.control()?;
-    let identity = ClusterIdentity { system_identifier: control.system_identifier, pg_version: data.major(), since: Utc::now() };
+    let identity =
+        ClusterIdentity { system_identifier: control.system_identifier, pg_version: data.major(), since: Utc::now() };
     Ok((data, identity))
 }
 
@@ -97,13 +98,16 @@ pub fn upgrade(resolved: &Resolved) -> Result<StanzaReport> {
 pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
     let data = DataDir::open(&resolved.stanza.data)?;
     become_owner_of(data.path())?;
-    if let Some(pid) = data.running_server()? {
-        if !force {
-            return Err(Error::refused(
-                format!("the cluster of stanza {} is running (pid {}); deleting its backups now leaves it unprotected", resolved.name, pid.pid),
-                Some("stop the cluster first, or pass --force".into()),
-            ));
-        }
+    if let Some(pid) = data.running_server()?
+        && !force
+    {
+        return Err(Error::refused(
+            format!(
+                "the cluster of stanza {} is running (pid {}); deleting its backups now leaves it unprotected",
+                resolved.name, pid.pid
+            ),
+            Some("stop the cluster first, or pass --force".into()),
+        ));
     }
     let storage = LocalStorage::new(&resolved.repo.path);
     let record = StanzaRecord::require(&storage, &resolved.name)?;
@@ -112,11 +116,8 @@ pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
         &resolved.name,
         "stanza-delete",
     )?;
-    for key in storage.list(&format!("{}/", resolved.name))? {
-        if !key.ends_with("/lock") {
-            storage.delete(&key)?;
-        }
-    }
+    // The record goes first: from then on the stanza does not exist, whatever remains.
+    storage.delete(&StanzaRecord::key_of(&resolved.name))?;
     storage.delete_prefix(&resolved.name)?;
     Ok(StanzaReport {
         stanza: resolved.name.clone(),

@@ -49,7 +49,10 @@ impl StanzaRepo {
     /// The manifest of `label`; an error naming it when missing or unreadable.
     pub fn manifest(&self, label: &SetLabel) -> Result<Manifest> {
         Manifest::load(&self.storage, &self.codec, &self.name, label)?.ok_or_else(|| {
-            Error::refused(format!("backup {label} does not exist in stanza {}", self.name), Some("list the sets with pgfork info".into()))
+            Error::refused(
+                format!("backup {label} does not exist in stanza {}", self.name),
+                Some("list the sets with pgfork info".into()),
+            )
         })
     }
 
@@ -93,5 +96,10 @@ pub fn server_target(resolved: &Resolved, data_dir: &Path, user: &str) -> ConnTa
                 .map(|d| d.display().to_string())
         })
         .unwrap_or_else(|| "/var/run/postgresql".into());
-    ConnTarget { host, port: resolved.stanza.port, user: resolved.stanza.user.clone().unwrap_or_else(|| user.to_string()), dbname: "postgres".into() }
+    ConnTarget {
+        host,
+        port: resolved.stanza.port,
+        user: resolved.stanza.user.clone().unwrap_or_else(|| user.to_string()),
+        dbname: "postgres".into(),
+    }
 }

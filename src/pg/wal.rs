@@ -30,7 +30,9 @@ pub fn backup_segments(label: &BackupLabel, stop: Lsn, segment_size: u64) -> Res
     if last < first.number {
         return Err(Error::invalid("backup stop", format!("stop {stop} precedes start {}", label.start_lsn)));
     }
-    Ok((first.number..=last).map(|number| WalSegment { timeline: label.timeline, number }.file_name(segment_size)).collect())
+    Ok((first.number..=last)
+        .map(|number| WalSegment { timeline: label.timeline, number }.file_name(segment_size))
+        .collect())
 }
 
 #[cfg(test)]

@@ -72,8 +72,9 @@ impl Codec {
             Compression::Lz4 => {
                 let declared = body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
                 match declared {
-                    Some(len) if len <= max_len => lz4_flex::decompress_size_prepended(body)
-                        .map_err(|e| Error::invalid(what, format!("lz4: {e}"))),
+                    Some(len) if len <= max_len => {
+                        lz4_flex::decompress_size_prepended(body).map_err(|e| Error::invalid(what, format!("lz4: {e}")))
+                    }
                     Some(len) => Err(Error::invalid(what, format!("declares {len} bytes, expected at most {max_len}"))),
                     None => Err(Error::invalid(what, "truncated")),
                 }

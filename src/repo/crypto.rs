@@ -102,14 +102,16 @@ impl WrappedKey {
     /// Opens the data key; a wrong passphrase is an error naming `stanza`.
     pub fn unwrap_key(&self, passphrase: &Passphrase, stanza: &str) -> Result<DataKey> {
         let kek = Cipher::new(&self.kdf.derive(passphrase)?);
-        let sealed = from_hex(&self.sealed).ok_or_else(|| Error::invalid(format!("key of stanza {stanza}"), "not hex"))?;
+        let sealed =
+            from_hex(&self.sealed).ok_or_else(|| Error::invalid(format!("key of stanza {stanza}"), "not hex"))?;
         let key = kek.open(KEY_WRAP_AAD, &sealed).map_err(|_| {
             Error::refused(
                 format!("wrong passphrase for the repository of stanza {stanza}: its key cannot be decrypted"),
                 Some("check PGFORK_PASSPHRASE or the passphrase file of the repository".into()),
             )
         })?;
-        let key: [u8; 32] = key.try_into().map_err(|_| Error::invalid(format!("key of stanza {stanza}"), "wrong length"))?;
+        let key: [u8; 32] =
+            key.try_into().map_err(|_| Error::invalid(format!("key of stanza {stanza}"), "wrong length"))?;
         Ok(DataKey(key))
     }
 }
@@ -131,7 +133,8 @@ impl Cipher {
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let nonce_bytes = random_bytes::<NONCE_LEN>();
         let nonce = Nonce::try_from(&nonce_bytes[..]).expect("12-byte nonce");
-        let ciphertext = self.0.encrypt(&nonce, Payload { msg: plaintext, aad }).expect("AES-GCM encryption cannot fail");
+        let ciphertext =
+            self.0.encrypt(&nonce, Payload { msg: plaintext, aad }).expect("AES-GCM encryption cannot fail");
         let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(&ciphertext);

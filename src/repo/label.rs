@@ -97,7 +97,12 @@ impl FromStr for SetLabel {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::invalid(format!("backup label {s:?}"), "expected 20250715-013657F or 20250715-013657F_20250715-013724I");
+        let bad = || {
+            Error::invalid(
+                format!("backup label {s:?}"),
+                "expected 20250715-013657F or 20250715-013657F_20250715-013724I",
+            )
+        };
         let ok = match s.len() {
             16 => valid_stamp(&s[..15]) && s.ends_with('F'),
             33 => {
@@ -148,7 +153,8 @@ mod tests {
 
     #[test]
     fn malformed_labels_are_errors() {
-        for bad in ["", "20250715-013657", "20250715-013657X", "2025071a-013657F", "20250715-013657F_20250715-013724F"] {
+        for bad in ["", "20250715-013657", "20250715-013657X", "2025071a-013657F", "20250715-013657F_20250715-013724F"]
+        {
             assert!(bad.parse::<SetLabel>().is_err(), "{bad}");
         }
     }

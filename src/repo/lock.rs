@@ -23,7 +23,14 @@ impl StanzaLock {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at("create directory", parent)?;
         }
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o640).open(path).at("open", path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(path)
+            .at("open", path)?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {

@@ -4,9 +4,9 @@
 pub mod codec;
 pub mod crypto;
 pub mod label;
-pub mod storage;
 pub mod lock;
-pub mod stanza;
 pub mod manifest;
 pub mod pack;
 pub mod read;
+pub mod stanza;
+pub mod storage;

@@ -26,7 +26,10 @@ impl<'a> RunReader<'a> {
     pub fn read(&self, run: &RunRef, file: &str) -> Result<Vec<u8>> {
         let what = format!("backup {}, file {file}, pack {} at {}", run.set, run.pack, run.at);
         let key = Manifest::pack_key(self.stanza, &run.set, run.pack);
-        let stored = self.storage.get_range(&key, run.at, u64::from(run.stored)).map_err(|e| Error::invalid(&what, e.to_string()))?;
+        let stored = self
+            .storage
+            .get_range(&key, run.at, u64::from(run.stored))
+            .map_err(|e| Error::invalid(&what, e.to_string()))?;
         let aad = run_aad(&run.set, run.pack, run.at);
         let plain = self.codec.decode(aad.as_bytes(), &stored, MAX_RUN.max(run.run_len as usize), &what)?;
         if plain.len() != run.run_len as usize || xxh3_64(&plain) != run.run_sum {

@@ -53,7 +53,10 @@ impl StanzaRecord {
     /// Reads the record or refuses with a hint to create the stanza.
     pub fn require(storage: &dyn Storage, stanza: &str) -> Result<StanzaRecord> {
         Self::load(storage, stanza)?.ok_or_else(|| {
-            Error::refused(format!("stanza {stanza} does not exist in the repository"), Some("run: pgfork stanza-create".into()))
+            Error::refused(
+                format!("stanza {stanza} does not exist in the repository"),
+                Some("run: pgfork stanza-create".into()),
+            )
         })
     }
 
@@ -98,4 +101,3 @@ impl StanzaRecord {
         if self.key.is_some() { "aes-256-gcm" } else { "none" }
     }
 }
-

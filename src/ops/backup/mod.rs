@@ -183,7 +183,10 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     let wal_stored: u64 = repo.storage.size(&format!("{}/wal", Manifest::set_prefix(&repo.name, &label)))?;
     stats.repo_size = sink.stored_bytes() + wal_stored;
     for bad in &bad_pages {
-        progress.note(&format!("bad checksum in {} block {} (stored {}, computed {})", bad.path, bad.block, bad.stored, bad.computed));
+        progress.note(&format!(
+            "bad checksum in {} block {} (stored {}, computed {})",
+            bad.path, bad.block, bad.stored, bad.computed
+        ));
     }
     let manifest = Manifest {
         format: 1,
@@ -252,7 +255,10 @@ fn check_server(session: &Session, data: &DataDir, system_identifier: u64) -> Re
     let id: i64 = session.query_one("SELECT system_identifier FROM pg_control_system()", &[])?.get(0);
     if id as u64 != system_identifier {
         return Err(Error::refused(
-            format!("the server's system identifier {} does not match the stanza's ({system_identifier}): is this the correct stanza?", id as u64),
+            format!(
+                "the server's system identifier {} does not match the stanza's ({system_identifier}): is this the correct stanza?",
+                id as u64
+            ),
             None,
         ));
     }
@@ -297,7 +303,8 @@ fn new_label(kind: BackupType, prior: Option<&SetLabel>, existing: &[SetLabel]) 
             Some(prior) if kind != BackupType::Full => SetLabel::dependent(prior, kind, now),
             _ => SetLabel::full(now),
         };
-        let taken = existing.iter().any(|l| l == &label || (kind == BackupType::Full && l.full_part() == label.full_part()));
+        let taken =
+            existing.iter().any(|l| l == &label || (kind == BackupType::Full && l.full_part() == label.full_part()));
         if !taken {
             return label;
         }
@@ -306,7 +313,12 @@ fn new_label(kind: BackupType, prior: Option<&SetLabel>, existing: &[SetLabel]) 
 }
 
 /// Stores the backup's WAL segments in the set.
-fn store_wal(repo: &StanzaRepo, label: &SetLabel, wal_dir: &std::path::Path, segments: &[String]) -> Result<Vec<WalEntry>> {
+fn store_wal(
+    repo: &StanzaRepo,
+    label: &SetLabel,
+    wal_dir: &std::path::Path,
+    segments: &[String],
+) -> Result<Vec<WalEntry>> {
     segments
         .par_iter()
         .map(|name| {
@@ -339,4 +351,3 @@ pub fn load_wal(repo: &StanzaRepo, label: &SetLabel, entry: &WalEntry) -> Result
     }
     Ok(bytes)
 }
-

@@ -96,7 +96,10 @@ pub fn prepare(data: &DataDir) -> Result<BackupSource> {
     let mut files: Vec<SourceFile> = plan
         .files
         .iter()
-        .map(|job| SourceFile { rel: rel_of(&job.dst), path: if snapshot.is_some() { job.dst.clone() } else { job.src.clone() } })
+        .map(|job| SourceFile {
+            rel: rel_of(&job.dst),
+            path: if snapshot.is_some() { job.dst.clone() } else { job.src.clone() },
+        })
         .collect();
     files.sort_by(|a, b| (a.rel == "global/pg_control").cmp(&(b.rel == "global/pg_control")).then(a.rel.cmp(&b.rel)));
     Ok(BackupSource { files, dirs, tablespaces: entries, mode, snapshot })

@@ -232,11 +232,7 @@ impl PreparedFork {
         let linked: Vec<String> =
             self.tablespaces.iter().filter(|t| t.location.is_some()).map(|t| format!("pg_tblspc/{}", t.oid)).collect();
         tree.add_tree(self.src.path(), staging.data(), &|rel, is_dir| {
-            if linked.iter().any(|l| l == rel) {
-                Disposition::Skip
-            } else {
-                classify(rel, is_dir)
-            }
+            if linked.iter().any(|l| l == rel) { Disposition::Skip } else { classify(rel, is_dir) }
         })?;
         tree.dirs.push((staging.data().join("pg_wal/archive_status"), 0o700));
         if self.src.major() >= 17 {
