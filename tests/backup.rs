@@ -24,33 +24,15 @@ fn digests(psql: &dyn Fn(&str) -> String) -> BTreeMap<String, String> {
 }
 
 /// Restores `label` into a new directory, starts it, and checks it against `expected`.
-fn restore_and_compare(
-    version: &PgVersion,
-    repo: &RepoSetup,
-    label: &str,
-    expected: &BTreeMap<String, String>,
-    socket: &std::path::Path,
-) {
-    let dir = PgDir::new(None, "restore-");
-    let data = dir.path().join("data");
-    let out = repo.ok(&["restore", "--set", label, "--data", data.to_str().unwrap(), "--json"]);
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["label"], label);
-    let port = free_port();
-    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    let log = dir.path().join("log");
-    must_run_as_postgres(
-        &version.bin("pg_ctl"),
-        &["start", "-w", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()],
-    );
-    let restored = RunningFork { version: version.clone(), data: data.clone(), socket_dir: socket.to_path_buf(), port };
+fn restore_and_compare(cluster: &Cluster, repo: &RepoSetup, label: &str, expected: &BTreeMap<String, String>) {
+    let (_dir, restored) = repo.restore_started(cluster, Some(label), None);
     let got = digests(&|sql| restored.psql("postgres", sql));
     assert_eq!(&got, expected, "restored {label} differs from the source at its stop point");
     assert_eq!(restored.psql("postgres", "SHOW archive_mode"), "off");
     restored.amcheck();
-    must_run_as_postgres(&version.bin("pg_ctl"), &["stop", "-w", "-m", "fast", "-D", data.to_str().unwrap()]);
-    must_run_as_postgres(&version.bin("pg_checksums"), &["--check", "-D", data.to_str().unwrap()]);
-    std::mem::forget(restored); // already stopped
+    let data = restored.data.to_str().unwrap().to_string();
+    must_run_as_postgres(&cluster.version.bin("pg_ctl"), &["stop", "-w", "-m", "fast", "-D", &data]);
+    must_run_as_postgres(&cluster.version.bin("pg_checksums"), &["--check", "-D", &data]);
 }
 
 fn full_incr_diff_round_trip(version: &PgVersion) {
@@ -114,7 +96,7 @@ fn full_incr_diff_round_trip(version: &PgVersion) {
     assert_eq!(info["sets"][1]["references"][0], full["label"]);
 
     for (report, expected) in [(&full, &at_full), (&incr, &at_incr), (&diff, &at_diff)] {
-        restore_and_compare(version, &repo, report["label"].as_str().unwrap(), expected, cluster.socket_dir.path());
+        restore_and_compare(&cluster, &repo, report["label"].as_str().unwrap(), expected);
     }
 }
 on_each_version!(backup_round_trip_15, backup_round_trip_18, full_incr_diff_round_trip);

@@ -23,7 +23,11 @@ fn stanza_lifecycle() {
     assert!(repo.ok(&["stanza-delete"]).contains("deleted"));
     assert!(!repo.repo_path().join("main/stanza.json").exists());
     let out = repo.run(&["info"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("stanza main does not exist"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stanza main does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -40,7 +44,11 @@ fn pg_backup_and_pb_names() {
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pgfork"), bin_dir.path().join(name)).unwrap();
     }
     let run = |name: &str, args: &[&str]| {
-        let out = std::process::Command::new(bin_dir.path().join(name)).args(args).env("PGFORK_CONFIG", &repo.config).output().unwrap();
+        let out = std::process::Command::new(bin_dir.path().join(name))
+            .args(args)
+            .env("PGFORK_CONFIG", &repo.config)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{name} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

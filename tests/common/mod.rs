@@ -409,3 +409,31 @@ impl RepoSetup {
         serde_json::from_str(&self.ok(&["backup", "--type", kind, "--json"])).unwrap()
     }
 }
+
+impl RepoSetup {
+    /// Restores `label` (the newest when `None`) into a fresh directory under `base`, starts it on
+    /// a free port next to `source`'s socket, and returns it running (stopped on drop).
+    pub fn restore_started(&self, source: &Cluster, label: Option<&str>, base: Option<&Path>) -> (PgDir, RunningFork) {
+        let dir = PgDir::new(base, "restore-");
+        let data = dir.path().join("data");
+        let mut args = vec!["restore", "--data", data.to_str().unwrap()];
+        if let Some(label) = label {
+            args.extend(["--set", label]);
+        }
+        self.ok(&args);
+        let port = free_port();
+        append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+        let log = dir.path().join("log");
+        must_run_as_postgres(
+            &source.version.bin("pg_ctl"),
+            &["start", "-w", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()],
+        );
+        let fork = RunningFork {
+            version: source.version.clone(),
+            data,
+            socket_dir: source.socket_dir.path().to_path_buf(),
+            port,
+        };
+        (dir, fork)
+    }
+}
