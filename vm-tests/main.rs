@@ -145,6 +145,7 @@ fn backup_on_xfs_scans_a_reflink_snapshot() {
     cluster.start();
     cluster.pgbench_init("postgres", 2);
     let repo = RepoSetup::new(&cluster, Some("pw"), "");
+    common::append(&repo.config, "snapshot = true\n");
     repo.ok(&["stanza-create"]);
     let full = repo.backup("full");
     assert_eq!(full["snapshot"], true, "{full}");

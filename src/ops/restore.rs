@@ -21,7 +21,7 @@ use crate::pg::conf::set_auto_conf;
 use crate::pg::datadir::PostmasterPid;
 use crate::progress::Progress;
 use crate::repo::label::SetLabel;
-use crate::repo::manifest::{FileEntry, Manifest, RunRef};
+use crate::repo::manifest::{Extent, FileEntry, Manifest, RunRef};
 use crate::repo::read::RunReader;
 use crate::util::fsx;
 
@@ -57,6 +57,8 @@ pub struct RestoreReport {
     pub wal_segments: u64,
     /// Wall time, milliseconds.
     pub duration_ms: f64,
+    /// Milliseconds per step: files, wal, sync.
+    pub timings: Vec<(&'static str, f64)>,
     /// Remarks.
     pub notes: Vec<String>,
 }
@@ -87,18 +89,35 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     }
     create_dirs(target, &manifest)?;
 
+    let mut timings = Vec::new();
+    let mut step = Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
+        timings.push((name, (step.elapsed().as_secs_f64() * 10_000.0).round() / 10.0));
+        step = Instant::now();
+    };
     let reader = RunReader::new(&repo.storage, &repo.codec, &repo.name);
     let written = AtomicU64::new(0);
     let unchanged = AtomicU64::new(0);
     progress.begin("restore", manifest.stats.database_size);
-    manifest.files.par_iter().try_for_each(|entry| {
-        let (w, u) = restore_file(target, entry, &reader, opts.delta)?;
+    // Create every file first, then fill slices of them in parallel: one large relation must not
+    // keep a single core busy.
+    let slices: Vec<(&FileEntry, &[Extent])> = manifest
+        .files
+        .iter()
+        .map(|entry| prepare_file(target, entry, opts.delta).map(|()| entry))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flat_map(|entry| slices_of(entry).into_iter().map(move |slice| (entry, slice)))
+        .collect();
+    slices.par_iter().try_for_each(|(entry, extents)| {
+        let (w, u) = restore_extents(target, entry, extents, &reader, opts.delta)?;
         written.fetch_add(w, Ordering::Relaxed);
         unchanged.fetch_add(u, Ordering::Relaxed);
-        progress.advance(entry.size);
+        progress.advance(extents.iter().map(|e| e.len).sum());
         Ok::<(), Error>(())
     })?;
     progress.end();
+    lap("files", &mut timings);
 
     let wal_dir = target.join("pg_wal");
     for entry in &manifest.wal {
@@ -111,7 +130,9 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     }
     let reason = format!("pgfork: restored from backup {label}; archiving off until checked");
     set_auto_conf(target, &reason, &[("archive_mode", "off".to_string())])?;
+    lap("wal", &mut timings);
     fsx::sync_filesystem(target)?;
+    lap("sync", &mut timings);
     let notes = vec![format!(
         "archive_mode is off in the restored cluster so it cannot write into the repository: once it is checked, \
          turn archiving on (ALTER SYSTEM SET archive_mode = on) and take a full backup"
@@ -126,6 +147,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         files_removed,
         wal_segments: manifest.wal.len() as u64,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        timings,
         notes,
     })
 }
@@ -219,25 +241,54 @@ fn remove_extra_files(target: &Path, manifest: &Manifest) -> Result<u64> {
     Ok(removed)
 }
 
-/// Writes one file; returns (bytes written, bytes already right).
-fn restore_file(target: &Path, entry: &FileEntry, reader: &RunReader<'_>, delta: bool) -> Result<(u64, u64)> {
+/// Bytes of extents restored as one unit of parallel work.
+const SLICE: u64 = 32 * 1024 * 1024;
+
+/// Splits a file's extents into runs of about [`SLICE`] bytes.
+fn slices_of(entry: &FileEntry) -> Vec<&[Extent]> {
+    let mut slices = Vec::new();
+    let (mut begin, mut bytes) = (0, 0);
+    for (i, extent) in entry.extents.iter().enumerate() {
+        bytes += extent.len;
+        if bytes >= SLICE {
+            slices.push(&entry.extents[begin..=i]);
+            (begin, bytes) = (i + 1, 0);
+        }
+    }
+    if begin < entry.extents.len() || slices.is_empty() {
+        slices.push(&entry.extents[begin..]);
+    }
+    slices
+}
+
+/// Creates (or, with delta, keeps) the file, and gives it its final size and mode.
+fn prepare_file(target: &Path, entry: &FileEntry, delta: bool) -> Result<()> {
     let path = target.join(&entry.path);
-    let exists = delta && path.is_file();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(!exists)
-        .mode(entry.mode)
-        .open(&path)
-        .at("create", &path)?;
+    let keep = delta && path.is_file();
+    let file =
+        OpenOptions::new().write(true).create(true).truncate(!keep).mode(entry.mode).open(&path).at("create", &path)?;
+    file.set_len(entry.size).at("size", &path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(entry.mode)).at("chmod", &path)
+}
+
+/// Writes `extents` of one file (already at its final size); returns (bytes written, bytes already
+/// right).
+fn restore_extents(
+    target: &Path,
+    entry: &FileEntry,
+    extents: &[Extent],
+    reader: &RunReader<'_>,
+    delta: bool,
+) -> Result<(u64, u64)> {
+    let path = target.join(&entry.path);
+    let file = OpenOptions::new().read(true).write(true).open(&path).at("open", &path)?;
     let mut cache: Option<(RunRef, Vec<u8>)> = None;
     let (mut written, mut unchanged) = (0u64, 0u64);
     let mut local = Vec::new();
-    for extent in &entry.extents {
+    for extent in extents {
         let len = usize::try_from(extent.len).map_err(|_| Error::invalid(&entry.path, "extent too large"))?;
         let wanted: Vec<u8> = match &extent.run {
-            None if !exists => continue, // a hole in a new file reads as zeros
+            None if !delta => continue, // a hole in a new file reads as zeros
             None => vec![0u8; len],
             Some(run) => {
                 let same =
@@ -255,7 +306,7 @@ fn restore_file(target: &Path, entry: &FileEntry, reader: &RunReader<'_>, delta:
                     .to_vec()
             }
         };
-        if exists {
+        if delta {
             local.resize(len, 0);
             let got = read_fully_at(&file, &mut local, extent.offset).at("read", &path)?;
             if got == len && local == wanted {
@@ -266,8 +317,6 @@ fn restore_file(target: &Path, entry: &FileEntry, reader: &RunReader<'_>, delta:
         file.write_all_at(&wanted, extent.offset).at("write", &path)?;
         written += extent.len;
     }
-    file.set_len(entry.size).at("truncate", &path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(entry.mode)).at("chmod", &path)?;
     Ok((written, unchanged))
 }
 

@@ -8,11 +8,13 @@ mod source;
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use crate::error::{IoContext, Result};
 use crate::pg::layout::parse_relation_file;
 use crate::pg::lsn::Lsn;
 use crate::pg::page::{BLCKSZ, BLOCKS_PER_SEGMENT, PageCheck, PageHeader, is_all_zero, verify};
-use crate::repo::manifest::{BadPage, Extent, FileEntry, MAX_RUN};
+use crate::repo::manifest::{BadPage, Extent, FileEntry, MAX_RUN, RunRef};
 use crate::repo::pack::PackSink;
 
 pub use source::{FileSource, ReadMode};
@@ -64,74 +66,155 @@ fn in_relation_dir(rel_path: &str) -> bool {
     rel_path.starts_with("base/") || rel_path.starts_with("global/") || rel_path.starts_with("pg_tblspc/")
 }
 
+/// Pages to store, gathered until they fill a run. They need not be contiguous in the file: a run
+/// packs up to 16 changed pages of one file, compressed together, and each page's extent points
+/// at its slice of the run.
+struct Pending {
+    data: Vec<u8>,
+    /// Indexes of the placeholder extents waiting for this run, with their offset in it.
+    slots: Vec<(usize, u32)>,
+}
+
+impl Pending {
+    fn add(&mut self, extents: &mut Vec<Extent>, offset: u64, bytes: &[u8]) {
+        self.slots.push((extents.len(), self.data.len() as u32));
+        extents.push(Extent { offset, len: bytes.len() as u64, run: None });
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn flush(&mut self, extents: &mut [Extent], stored: &mut u64, sink: &PackSink<'_>) -> Result<()> {
+        if self.data.is_empty() {
+            return Ok(());
+        }
+        let run = sink.write_run(&self.data)?;
+        for (index, skip) in self.slots.drain(..) {
+            extents[index].run = Some(RunRef { skip, ..run.clone() });
+        }
+        *stored += self.data.len() as u64;
+        self.data.clear();
+        Ok(())
+    }
+}
+
+/// Files are scanned in slices of this size in parallel, so one large relation does not keep a
+/// single core busy while the others idle.
+const SLICE: u64 = 64 * 1024 * 1024;
+
 /// Scans one file; `Ok(None)` when it vanished (a relation dropped during the backup).
 pub fn scan_file(req: &ScanRequest<'_>, sink: &PackSink<'_>) -> Result<Option<ScannedFile>> {
     let Some(source) = FileSource::open(req.file, req.mode)? else { return Ok(None) };
     let size = source.len();
-    let paged = size.is_multiple_of(BLCKSZ as u64) && has_page_checksums(req.rel_path);
-    let by_lsn = paged && req.since.is_some() && req.prior.is_some() && selects_by_lsn(req.rel_path);
-    let segment = req.rel_path.rsplit('/').next().and_then(parse_relation_file).map(|r| r.segment).unwrap_or(0);
-
+    let mode = source.mode();
+    drop(source);
+    let slices: Vec<(u64, u64)> =
+        (0..size.div_ceil(SLICE).max(1)).map(|i| (i * SLICE, ((i + 1) * SLICE).min(size))).collect();
+    let parts: Vec<Slice> = if slices.len() == 1 {
+        vec![scan_slice(req, size, slices[0], sink)?]
+    } else {
+        slices.par_iter().map(|&range| scan_slice(req, size, range, sink)).collect::<Result<_>>()?
+    };
     let mut out = ScannedFile {
-        entry: FileEntry { path: req.rel_path.to_string(), size, mode: source.mode(), extents: Vec::new() },
+        entry: FileEntry { path: req.rel_path.to_string(), size: 0, mode, extents: Vec::new() },
         pages_total: 0,
         pages_changed: 0,
         stored_plain: 0,
         bad_pages: Vec::new(),
     };
-    let mut pending: Vec<u8> = Vec::with_capacity(MAX_RUN);
-    let mut pending_at = 0u64;
-    let step = if paged { BLCKSZ as u64 } else { MAX_RUN as u64 };
-    let mut offset = 0u64;
-    let mut chunk = vec![0u8; step as usize];
-    while offset < size {
-        let want = step.min(size - offset) as usize;
+    for (part, (_, end)) in parts.into_iter().zip(slices) {
+        for extent in part.extents {
+            push(&mut out.entry.extents, extent);
+        }
+        out.pages_total += part.pages_total;
+        out.pages_changed += part.pages_changed;
+        out.stored_plain += part.stored_plain;
+        out.bad_pages.extend(part.bad_pages);
+        out.entry.size = part.reached;
+        if part.reached < end {
+            break; // the live file shrank: what follows is PostgreSQL's to replay
+        }
+    }
+    Ok(Some(out))
+}
+
+/// What scanning one slice of a file produced.
+struct Slice {
+    extents: Vec<Extent>,
+    pages_total: u64,
+    pages_changed: u64,
+    stored_plain: u64,
+    bad_pages: Vec<BadPage>,
+    /// Where reading stopped (the slice's end unless the file shrank).
+    reached: u64,
+}
+
+/// Scans `[start, end)` of a file of `size` bytes (as first seen).
+fn scan_slice(req: &ScanRequest<'_>, size: u64, (start, end): (u64, u64), sink: &PackSink<'_>) -> Result<Slice> {
+    let mut out = Slice {
+        extents: Vec::new(),
+        pages_total: 0,
+        pages_changed: 0,
+        stored_plain: 0,
+        bad_pages: Vec::new(),
+        reached: start,
+    };
+    let Some(source) = FileSource::open(req.file, req.mode)? else { return Ok(out) };
+    let paged = size.is_multiple_of(BLCKSZ as u64) && has_page_checksums(req.rel_path);
+    let by_lsn = paged && req.since.is_some() && req.prior.is_some() && selects_by_lsn(req.rel_path);
+    let segment = req.rel_path.rsplit('/').next().and_then(parse_relation_file).map(|r| r.segment).unwrap_or(0);
+    // One extent per page or chunk while scanning; merged by the caller.
+    let mut pending = Pending { data: Vec::with_capacity(MAX_RUN), slots: Vec::new() };
+    let unit = if paged { BLCKSZ } else { MAX_RUN };
+    let mut chunk = vec![0u8; MAX_RUN];
+    let mut offset = start;
+    'slice: while offset < end {
+        let want = (MAX_RUN as u64).min(end - offset) as usize;
         let got = source.read_at(&mut chunk[..want], offset).at("read", req.file)?;
         if got == 0 {
             break; // the live file shrank
         }
-        let data = &chunk[..got];
-        if is_all_zero(data) {
-            flush(&mut pending, pending_at, &mut out, sink)?;
-            push(&mut out.entry.extents, Extent { offset, len: got as u64, run: None });
-        } else if paged {
-            out.pages_total += 1;
-            let header = PageHeader::parse(data).expect("a full page");
-            let take = !by_lsn || header.is_new() || header.lsn.0 == 0 || header.lsn >= req.since.expect("by_lsn");
-            let prior_extent = if take { None } else { req.prior.and_then(|p| p.extent_at(offset)) };
-            match prior_extent {
-                Some(prior) => {
-                    flush(&mut pending, pending_at, &mut out, sink)?;
-                    push(&mut out.entry.extents, slice_of(prior, offset, got as u64));
-                }
-                None => {
-                    out.pages_changed += 1;
-                    let block = segment * BLOCKS_PER_SEGMENT + (offset / BLCKSZ as u64) as u32;
-                    let page = validated_page(req, &source, data, offset, block, &mut out.bad_pages)?;
-                    if pending.is_empty() {
-                        pending_at = offset;
+        for data in chunk[..got].chunks(unit) {
+            if paged && data.len() < BLCKSZ {
+                break 'slice; // a live file shrank mid-page
+            }
+            out.pages_total += u64::from(paged);
+            if is_all_zero(data) {
+                out.extents.push(Extent { offset, len: data.len() as u64, run: None });
+                offset += data.len() as u64;
+                continue;
+            }
+            let take = match paged.then(|| PageHeader::parse(data)).flatten() {
+                Some(h) if by_lsn => h.is_new() || h.lsn.0 == 0 || h.lsn >= req.since.expect("by_lsn"),
+                _ => true,
+            };
+            match (take, req.prior.and_then(|p| p.extent_at(offset))) {
+                (false, Some(prior)) => out.extents.push(slice_of(prior, offset, data.len() as u64)),
+                _ => {
+                    let reread;
+                    let mut bytes = data;
+                    if paged {
+                        out.pages_changed += 1;
+                        let block = segment * BLOCKS_PER_SEGMENT + (offset / BLCKSZ as u64) as u32;
+                        reread = validated_page(req, &source, data, offset, block, &mut out.bad_pages)?;
+                        if let Some(page) = &reread {
+                            bytes = page;
+                        }
                     }
-                    pending.extend_from_slice(&page);
-                    if pending.len() >= MAX_RUN {
-                        flush(&mut pending, pending_at, &mut out, sink)?;
+                    pending.add(&mut out.extents, offset, bytes);
+                    if pending.data.len() + unit > MAX_RUN {
+                        pending.flush(&mut out.extents, &mut out.stored_plain, sink)?;
                     }
                 }
             }
-        } else {
-            flush(&mut pending, pending_at, &mut out, sink)?;
-            pending_at = offset;
-            pending.extend_from_slice(data);
-            flush(&mut pending, pending_at, &mut out, sink)?;
+            offset += data.len() as u64;
         }
-        offset += got as u64;
     }
-    flush(&mut pending, pending_at, &mut out, sink)?;
-    out.entry.size = offset;
-    Ok(Some(out))
+    pending.flush(&mut out.extents, &mut out.stored_plain, sink)?;
+    out.reached = offset;
+    Ok(out)
 }
 
 /// Checks the page's checksum when asked; a failure is re-read once (a torn read of a live file)
-/// and recorded if it persists. Returns the page to store (the re-read one when it was re-read).
+/// and recorded if it persists. Returns the re-read page when it replaced `data`.
 fn validated_page(
     req: &ScanRequest<'_>,
     source: &FileSource,
@@ -139,37 +222,30 @@ fn validated_page(
     offset: u64,
     block: u32,
     bad: &mut Vec<BadPage>,
-) -> Result<Vec<u8>> {
-    let Some(limit) = req.verify_before else { return Ok(data.to_vec()) };
+) -> Result<Option<Vec<u8>>> {
+    let Some(limit) = req.verify_before else { return Ok(None) };
     let page: &[u8; BLCKSZ] = data.try_into().expect("a full page");
     let header = PageHeader::parse(page).expect("a full page");
     if header.lsn >= limit {
-        return Ok(data.to_vec());
+        return Ok(None);
     }
-    let PageCheck::Mismatch { .. } = verify(page, block) else { return Ok(data.to_vec()) };
+    let PageCheck::Mismatch { .. } = verify(page, block) else { return Ok(None) };
     let mut again = vec![0u8; BLCKSZ];
     let got = source.read_at(&mut again, offset).at("re-read", req.file)?;
-    if got == BLCKSZ {
-        let reread: &[u8; BLCKSZ] = again.as_slice().try_into().expect("a full page");
-        match verify(reread, block) {
-            PageCheck::Mismatch { stored, computed } => {
+    if got < BLCKSZ {
+        return Ok(None); // truncated meanwhile: WAL replay owns this page now
+    }
+    let reread: &[u8; BLCKSZ] = again.as_slice().try_into().expect("a full page");
+    match verify(reread, block) {
+        PageCheck::Mismatch { stored, computed } => {
+            let lsn = PageHeader::parse(reread).expect("a full page").lsn;
+            if lsn < limit {
                 bad.push(BadPage { path: req.rel_path.to_string(), block, stored, computed });
             }
-            _ => return Ok(again),
+            Ok(Some(again))
         }
+        _ => Ok(Some(again)),
     }
-    Ok(data.to_vec())
-}
-
-fn flush(pending: &mut Vec<u8>, at: u64, out: &mut ScannedFile, sink: &PackSink<'_>) -> Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let run = sink.write_run(pending)?;
-    out.stored_plain += pending.len() as u64;
-    push(&mut out.entry.extents, Extent { offset: at, len: pending.len() as u64, run: Some(run) });
-    pending.clear();
-    Ok(())
 }
 
 /// Appends an extent, merging it into the last one when it continues it.

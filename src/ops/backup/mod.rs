@@ -66,6 +66,9 @@ pub struct BackupReport {
     pub wal_segments: usize,
     /// Wall time, milliseconds.
     pub duration_ms: f64,
+    /// Milliseconds per step: backup_start (the checkpoint), snapshot, scan, backup_stop, wal,
+    /// manifest, expire.
+    pub timings: Vec<(&'static str, f64)>,
     /// Remarks (a full instead of the requested type, and why).
     pub notes: Vec<String>,
     /// Leftovers of interrupted backups removed first.
@@ -123,12 +126,20 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     if let Err(e) = session.query("SELECT pg_create_physical_replication_slot($1, true, true)", &[&slot]) {
         progress.note(&format!("could not reserve WAL with a temporary replication slot ({e}); going on"));
     }
+    let mut timings = Vec::new();
+    let mut step = Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
+        timings.push((name, (step.elapsed().as_secs_f64() * 10_000.0).round() / 10.0));
+        step = Instant::now();
+    };
     let start_time = Utc::now();
     let start: String =
         session.query_one("SELECT pg_backup_start($1, $2)::text", &[&label.as_str(), &opts.fast_checkpoint])?.get(0);
     let start_lsn: Lsn = start.parse()?;
+    lap("backup_start", &mut timings);
 
-    let source = snapshot::prepare(&data)?;
+    let source = snapshot::prepare(&data, resolved.stanza.snapshot)?;
+    lap("snapshot", &mut timings);
     let sink = PackSink::new(&repo.storage, &repo.codec, &repo.name, &label);
     let total: u64 = source.files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum();
     progress.begin("backup", total);
@@ -151,16 +162,19 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     scanned.push(scan_one(control_file)?);
     progress.end();
     sink.finish()?;
+    lap("scan", &mut timings);
 
     let row = session.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])?;
     let (stop, labelfile, spcmapfile): (String, String, String) = (row.get(0), row.get(1), row.get(2));
     let stop_time = Utc::now();
     let stop_lsn: Lsn = stop.parse()?;
+    lap("backup_stop", &mut timings);
     let backup_label = BackupLabel::parse(&labelfile)?;
     let segment_size = crate::pg::wal::segment_size(&session)?;
     let segments = crate::pg::wal::backup_segments(&backup_label, stop_lsn, segment_size)?;
     let wal = store_wal(&repo, &label, &data.path().join("pg_wal"), &segments)?;
     drop(session);
+    lap("wal", &mut timings);
 
     let mut stats = SetStats::default();
     let mut files = Vec::new();
@@ -217,8 +231,10 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     manifest.save(&repo.storage, &repo.codec, &repo.name)?;
     let snapshot_taken = source.snapshot_taken();
     drop(source);
+    lap("manifest", &mut timings);
 
     let expired = apply_retention(&repo, Utc::now())?;
+    lap("expire", &mut timings);
     Ok(BackupReport {
         stanza: repo.name.clone(),
         label,
@@ -231,6 +247,7 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
         stats: manifest.stats.clone(),
         wal_segments: manifest.wal.len(),
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        timings,
         notes,
         cleaned,
         expired,

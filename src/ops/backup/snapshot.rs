@@ -1,6 +1,7 @@
-//! What a backup reads: on a copy-on-write file system, a reflink snapshot of the data directory
-//! (instant, consistent per file, and safe to memory-map because nothing else writes it); elsewhere
-//! the live files, read with pread. Either way the same list of files and directories, relative to
+//! What a backup reads: the live files, read with pread (their pages are usually in the page
+//! cache), or — when the stanza asks for it and the file system can clone — a reflink snapshot of
+//! the data directory (instant, one point in time per file, and safe to memory-map because nothing
+//! else writes it). Either way the same list of files and directories, relative to
 //! the data directory, with the exclusions of a base backup.
 
 use std::path::{Path, PathBuf};
@@ -55,15 +56,16 @@ pub fn snapshot_dir(data: &Path) -> PathBuf {
     data.with_file_name(format!(".{name}.pgfork-snapshot"))
 }
 
-/// Plans the backup of `data`, taking a reflink snapshot when the file system allows.
-pub fn prepare(data: &DataDir) -> Result<BackupSource> {
+/// Plans the backup of `data`; with `want_snapshot`, takes a reflink snapshot when the file system
+/// allows (otherwise the live files are read).
+pub fn prepare(data: &DataDir, want_snapshot: bool) -> Result<BackupSource> {
     let snap = snapshot_dir(data.path());
     if snap.exists() {
         // Left by a killed backup: only pgfork uses this name.
         std::fs::remove_dir_all(&snap).ok();
     }
     let parent = data.path().parent().unwrap_or(Path::new("/"));
-    let writable = nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_ok();
+    let writable = want_snapshot && nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_ok();
     let method = if writable { probe_reflink(&data.path().join("PG_VERSION"), parent)? } else { CopyMethod::Copy };
 
     let mut plan = TreePlan::default();
