@@ -44,6 +44,9 @@ pub struct Config {
     /// Stanzas by name.
     #[serde(default)]
     pub stanza: BTreeMap<String, StanzaConfig>,
+    /// The file this was read from.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// How full backups are kept.
@@ -128,6 +131,8 @@ fn default_port() -> u16 {
 /// A stanza with its repository, resolved from the configuration.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// The configuration file it came from (passed on to helper processes).
+    pub config_path: Option<PathBuf>,
     /// Stanza name.
     pub name: String,
     /// The stanza's settings.
@@ -151,10 +156,12 @@ impl Config {
                 Some("pass --config FILE or set PGFORK_CONFIG".into()),
             )
         })?;
-        Config::parse(&text).map_err(|e| match e {
+        let mut config = Config::parse(&text).map_err(|e| match e {
             Error::Invalid { reason, .. } => Error::invalid(path.display().to_string(), reason),
             other => other,
-        })
+        })?;
+        config.source = Some(path);
+        Ok(config)
     }
 
     /// Parses configuration text.
@@ -198,7 +205,7 @@ impl Config {
         let repo = self.repo.get(&repo_name).cloned().ok_or_else(|| {
             Error::refused(format!("repository {repo_name} of stanza {name} is not configured"), None)
         })?;
-        Ok(Resolved { name, stanza, repo_name, repo })
+        Ok(Resolved { config_path: self.source.clone(), name, stanza, repo_name, repo })
     }
 
     fn stanza_hint(&self) -> String {

@@ -1,6 +1,4 @@
-//! `backup` (also `pg-backup [full|diff|incr]`), `expire` and `restore`.
-
-use std::path::PathBuf;
+//! `backup` (also `pg-backup [full|diff|incr]`) and `expire`.
 
 use anyhow::Context;
 
@@ -8,7 +6,6 @@ use crate::cli::progress::TerminalProgress;
 use crate::cli::repo_args::RepoArgs;
 use crate::ops::backup::{BackupOptions, backup};
 use crate::ops::expire::{ExpireReport, expire};
-use crate::ops::restore::{RestoreOptions, restore};
 use crate::repo::label::{BackupType, SetLabel};
 use crate::util::human_bytes;
 
@@ -145,56 +142,7 @@ fn print_expired(report: &ExpireReport) {
     if !report.removed.is_empty() {
         println!("  expire         {verb} {} set(s), {}", report.removed.len(), human_bytes(report.freed_bytes));
     }
-}
-
-/// Arguments of `restore`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RestoreArgs {
-    /// The set to restore [default: the newest].
-    #[arg(long)]
-    pub set: Option<SetLabel>,
-    /// The data directory to restore into (empty, or existing with --delta).
-    #[arg(long = "data", short = 'D')]
-    pub data: PathBuf,
-    /// Rewrite only the files and pages that differ in an existing directory.
-    #[arg(long)]
-    pub delta: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Configuration and stanza.
-    #[command(flatten)]
-    pub repo: RepoArgs,
-}
-
-impl RestoreArgs {
-    /// Runs the restore.
-    pub fn run(self) -> anyhow::Result<()> {
-        let resolved = self.repo.resolve()?;
-        let data = std::path::absolute(&self.data)?;
-        let opts = RestoreOptions { set: self.set.clone(), data, delta: self.delta };
-        let report = restore(&resolved, &opts, &TerminalProgress::default())
-            .with_context(|| format!("restore of stanza {}", resolved.name))?;
-        if self.json {
-            return super::print_json(&report);
-        }
-        println!(
-            "restored {} into {} in {:.1} s: {} files, {} written{}",
-            report.label,
-            report.data.display(),
-            report.duration_ms / 1000.0,
-            report.files,
-            human_bytes(report.bytes_written),
-            if self.delta {
-                format!(", {} unchanged, {} removed", human_bytes(report.bytes_unchanged), report.files_removed)
-            } else {
-                String::new()
-            }
-        );
-        for note in &report.notes {
-            println!("  note: {note}");
-        }
-        println!("  start it with: pg_ctl -D {} start", report.data.display());
-        Ok(())
+    if report.wal_removed > 0 {
+        println!("  expire         {verb} {} archived WAL file(s) no kept set needs", report.wal_removed);
     }
 }

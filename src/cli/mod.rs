@@ -1,13 +1,16 @@
 //! The command line: argument parsing and printing. Each subcommand lives in its own file and only
 //! turns arguments into a call of [`crate::ops`] and prints the report.
 
+mod archive;
 mod backup;
 mod clone_db;
 mod connect;
 mod fork;
 mod info;
+mod pitr;
 mod progress;
 mod repo_args;
+mod restore;
 mod stanza;
 
 use clap::{Parser, Subcommand};
@@ -45,8 +48,16 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Remove backup sets by retention, or one set with its dependents.
     Expire(backup::ExpireArgs),
-    /// Restore a backup set into a data directory.
-    Restore(backup::RestoreArgs),
+    /// Restore a backup set into a data directory, to its consistent point or to a recovery target.
+    Restore(restore::RestoreArgs),
+    /// Push a WAL file into the archive (archive_command = 'pgfork archive-push %p').
+    ArchivePush(archive::PushArgs),
+    /// Fetch a WAL file from the archive (restore_command = 'pgfork archive-get %f "%p"').
+    ArchiveGet(archive::GetArgs),
+    /// Point-in-time recovery onto a fork of the running cluster (production is not touched).
+    Pitr(pitr::PitrArgs),
+    /// Check that WAL archiving into the stanza works.
+    Check(pitr::CheckArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -59,6 +70,9 @@ pub fn main() -> i32 {
     let command = if program == "pg-fork" {
         init_logging(0);
         Command::Fork(fork::PgForkCli::parse().fork)
+    } else if program == "pg-pitr" {
+        init_logging(0);
+        return exit_code(restore::PgPitrCli::parse().run());
     } else if program == "pg-backup" {
         init_logging(0);
         Command::Backup(backup::PgBackupCli::parse().into_backup())
@@ -77,7 +91,15 @@ pub fn main() -> i32 {
         Command::Info(args) => args.run(),
         Command::Expire(args) => args.run(),
         Command::Restore(args) => args.run(),
+        Command::ArchivePush(args) => args.run(),
+        Command::ArchiveGet(args) => args.run(),
+        Command::Pitr(args) => args.run(),
+        Command::Check(args) => args.run(),
     };
+    exit_code(result)
+}
+
+fn exit_code(result: anyhow::Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {

@@ -10,6 +10,8 @@ use crate::config::{RepoConfig, Resolved, RetentionType};
 use crate::error::{Error, Result};
 use crate::ops::identity::become_owner_of;
 use crate::ops::stanza_repo::StanzaRepo;
+use crate::pg::lsn::WalSegment;
+use crate::repo::archive::{Archive, WalFileKind, classify};
 use crate::repo::label::{BackupType, SetLabel};
 use crate::repo::manifest::Manifest;
 use crate::repo::storage::Storage;
@@ -25,6 +27,8 @@ pub struct ExpireReport {
     pub kept: Vec<SetLabel>,
     /// Whether nothing was actually removed.
     pub dry_run: bool,
+    /// Archived WAL files removed because no kept set needs them.
+    pub wal_removed: u64,
 }
 
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
@@ -74,7 +78,34 @@ fn remove_sets(
             report.kept.push(manifest.label.clone());
         }
     }
+    let oldest_kept = manifests.iter().find(|m| !remove.contains(&m.label));
+    if let Some(oldest) = oldest_kept {
+        report.wal_removed = expire_wal(repo, oldest, dry_run)?;
+    }
     Ok(report)
+}
+
+/// Removes archived WAL older than the start of the oldest kept set (history files stay).
+fn expire_wal(repo: &StanzaRepo, oldest: &Manifest, dry_run: bool) -> Result<u64> {
+    let Some(size) = oldest.wal.first().map(|w| w.size) else { return Ok(0) };
+    let Some(start) = WalSegment::parse(&oldest.start_wal, size) else { return Ok(0) };
+    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
+    let mut removed = 0;
+    for names in archive.list()?.values() {
+        for name in names {
+            let Some((kind, _)) = classify(name) else { continue };
+            if kind == WalFileKind::History {
+                continue;
+            }
+            if WalSegment::parse(&name[..24], size).is_some_and(|s| s.number < start.number) {
+                if !dry_run {
+                    archive.delete(name)?;
+                }
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// The sets retention removes: everything not kept, where kept means the fulls within retention,

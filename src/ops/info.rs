@@ -8,6 +8,7 @@ use crate::config::Resolved;
 use crate::error::{Error, Result};
 use crate::ops::stanza_repo::StanzaRepo;
 use crate::pg::lsn::Lsn;
+use crate::repo::archive::Archive;
 use crate::repo::label::{BackupType, SetLabel};
 use crate::repo::manifest::{BadPage, Manifest};
 use crate::repo::storage::Storage;
@@ -31,6 +32,23 @@ pub struct InfoReport {
     pub sets: Vec<SetInfo>,
     /// Sets that could not be read, with the reason.
     pub errors: Vec<String>,
+    /// The WAL archive per timeline.
+    pub archive: Vec<ArchiveRange>,
+    /// From the earliest set's consistent point to the newest archived WAL: the times a restore can reach.
+    pub recovery_window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Archived WAL of one timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveRange {
+    /// Timeline.
+    pub timeline: u32,
+    /// Oldest segment.
+    pub min: String,
+    /// Newest segment.
+    pub max: String,
+    /// Files archived (segments, history, partial and backup files).
+    pub files: usize,
 }
 
 /// One backup set.
@@ -126,6 +144,24 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
             snapshot: m.snapshot,
         });
     }
+    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
+    let mut ranges = Vec::new();
+    let mut newest: Option<DateTime<Utc>> = None;
+    for (tli, names) in archive.list()? {
+        let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
+        if let (Some(min), Some(max)) = (segments.first(), segments.last()) {
+            if let Some(modified) = repo.storage.modified(&archive.key(max)?)? {
+                let modified: DateTime<Utc> = modified.into();
+                newest = Some(newest.map_or(modified, |n| n.max(modified)));
+            }
+            ranges.push(ArchiveRange { timeline: tli.0, min: (*min).clone(), max: (*max).clone(), files: names.len() });
+        }
+    }
+    let recovery_window = match (manifests.first(), newest) {
+        (Some(first), Some(newest)) if newest >= first.stop_time => Some((first.stop_time, newest)),
+        (Some(first), _) => Some((first.stop_time, first.stop_time)),
+        _ => None,
+    };
     let status = if !errors.is_empty() {
         "error (unreadable backup sets)".to_string()
     } else if manifests.is_empty() {
@@ -142,5 +178,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         pg_version: repo.record.current.pg_version,
         sets,
         errors,
+        archive: ranges,
+        recovery_window,
     })
 }

@@ -1,12 +1,16 @@
 //! The operations pgfork performs, one module each. They take resolved options, report progress
 //! through [`crate::progress::Progress`], and return a serializable report; they never print.
 
+pub mod archive;
 pub mod backup;
+pub mod check;
 pub mod clone_db;
 pub mod expire;
 pub mod fork;
 pub mod identity;
 pub mod info;
+pub mod pitr;
+pub mod recovery;
 pub mod restore;
 pub mod stanza;
 pub mod stanza_repo;

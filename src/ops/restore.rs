@@ -16,7 +16,9 @@ use crate::config::Resolved;
 use crate::error::{Error, IoContext, Result};
 use crate::ops::backup::load_wal;
 use crate::ops::identity::become_owner_of;
+use crate::ops::recovery::{self, RecoveryPlan, RecoveryRequest, choose_set, restore_command};
 use crate::ops::stanza_repo::StanzaRepo;
+use crate::pg::backup_label::tablespace_map;
 use crate::pg::conf::set_auto_conf;
 use crate::pg::datadir::PostmasterPid;
 use crate::progress::Progress;
@@ -34,6 +36,12 @@ pub struct RestoreOptions {
     pub data: PathBuf,
     /// Rewrite only what differs in an existing directory.
     pub delta: bool,
+    /// Recover to a target through the WAL archive; `None` stops at the set's consistent point.
+    pub recovery: Option<RecoveryRequest>,
+    /// Check and print the plan; write nothing.
+    pub dry_run: bool,
+    /// Tablespace locations to use instead of the recorded ones, by OID.
+    pub tablespace_locations: std::collections::BTreeMap<u32, PathBuf>,
 }
 
 /// What a restore did.
@@ -59,6 +67,10 @@ pub struct RestoreReport {
     pub duration_ms: f64,
     /// Milliseconds per step: files, wal, sync.
     pub timings: Vec<(&'static str, f64)>,
+    /// The recovery plan, when recovering to a target.
+    pub plan: Option<RecoveryPlan>,
+    /// Whether nothing was written.
+    pub dry_run: bool,
     /// Remarks.
     pub notes: Vec<String>,
 }
@@ -68,26 +80,60 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     let started = Instant::now();
     become_owner_of(&resolved.repo.path)?;
     let repo = StanzaRepo::open(resolved)?;
-    let label = match &opts.set {
-        Some(label) => label.clone(),
-        None => {
-            repo.labels()?.pop().ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?
+    let (label, plan) = match &opts.recovery {
+        Some(request) => {
+            let manifests = repo.manifests()?;
+            let label = choose_set(&manifests, opts.set.as_ref(), &request.target)?;
+            let manifest = manifests.iter().find(|m| m.label == label).expect("chosen among them");
+            let command = restore_command(resolved.config_path.as_deref(), &resolved.name);
+            (label, Some(recovery::plan(&repo, manifest, request, &command)?))
         }
+        None => match &opts.set {
+            Some(label) => (label.clone(), None),
+            None => (
+                repo.labels()?
+                    .pop()
+                    .ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
+                None,
+            ),
+        },
     };
     let manifest = repo.manifest(&label)?;
     let target = &opts.data;
+    if opts.dry_run {
+        return Ok(RestoreReport {
+            stanza: repo.name.clone(),
+            label,
+            data: target.clone(),
+            files: manifest.files.len() as u64,
+            bytes_written: 0,
+            bytes_unchanged: 0,
+            files_removed: 0,
+            wal_segments: manifest.wal.len() as u64,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            timings: Vec::new(),
+            plan,
+            dry_run: true,
+            notes: Vec::new(),
+        });
+    }
     check_target(target, opts.delta)?;
-    for ts in &manifest.tablespaces {
-        check_target(Path::new(&ts.location), opts.delta)?;
+    let locations: Vec<(u32, PathBuf)> = manifest
+        .tablespaces
+        .iter()
+        .map(|t| (t.oid, opts.tablespace_locations.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
+        .collect();
+    for (_, location) in &locations {
+        check_target(location, opts.delta)?;
     }
 
     let mut files_removed = 0;
     if !target.exists() {
         fsx::create_dir_mode(target, 0o700)?;
     } else if opts.delta {
-        files_removed = remove_extra_files(target, &manifest)?;
+        files_removed = remove_extra_files(target, &manifest, &locations)?;
     }
-    create_dirs(target, &manifest)?;
+    create_dirs(target, &manifest, &locations)?;
 
     let mut timings = Vec::new();
     let mut step = Instant::now();
@@ -125,18 +171,36 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         fsx::write_atomic(&wal_dir.join(&entry.name), &bytes, 0o600)?;
     }
     fsx::write_atomic(&target.join("backup_label"), manifest.backup_label.as_bytes(), 0o600)?;
-    if let Some(map) = &manifest.tablespace_map {
-        fsx::write_atomic(&target.join("tablespace_map"), map.as_bytes(), 0o600)?;
+    if manifest.tablespace_map.is_some() && !locations.is_empty() {
+        let entries: Vec<(u32, &Path)> = locations.iter().map(|(oid, p)| (*oid, p.as_path())).collect();
+        fsx::write_atomic(&target.join("tablespace_map"), tablespace_map(&entries)?.as_bytes(), 0o600)?;
     }
-    let reason = format!("pgfork: restored from backup {label}; archiving off until checked");
-    set_auto_conf(target, &reason, &[("archive_mode", "off".to_string())])?;
+    let mut notes = Vec::new();
+    match &plan {
+        Some(plan) => {
+            let reason = format!("pgfork: recovery from backup {label}");
+            let settings: Vec<(&str, String)> = plan.settings.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            set_auto_conf(target, &reason, &settings)?;
+            fsx::write_atomic(&target.join("recovery.signal"), b"", 0o600)?;
+            notes.push(
+                "after checking the recovered cluster: promote it (pg_ctl promote, unless it promoted itself), \
+                 turn archiving on (ALTER SYSTEM SET archive_mode = on; restart) and take a full backup"
+                    .to_string(),
+            );
+        }
+        None => {
+            let reason = format!("pgfork: restored from backup {label}; archiving off until checked");
+            set_auto_conf(target, &reason, &[("archive_mode", "off".to_string())])?;
+            notes.push(
+                "archive_mode is off in the restored cluster so it cannot write into the repository: once it is \
+                 checked, turn archiving on (ALTER SYSTEM SET archive_mode = on) and take a full backup"
+                    .to_string(),
+            );
+        }
+    }
     lap("wal", &mut timings);
     fsx::sync_filesystem(target)?;
     lap("sync", &mut timings);
-    let notes = vec![format!(
-        "archive_mode is off in the restored cluster so it cannot write into the repository: once it is checked, \
-         turn archiving on (ALTER SYSTEM SET archive_mode = on) and take a full backup"
-    )];
     Ok(RestoreReport {
         stanza: repo.name.clone(),
         label,
@@ -148,6 +212,8 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         wal_segments: manifest.wal.len() as u64,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         timings,
+        plan,
+        dry_run: false,
         notes,
     })
 }
@@ -170,15 +236,15 @@ fn check_target(dir: &Path, delta: bool) -> Result<()> {
     Ok(())
 }
 
-fn tablespace_link(manifest: &Manifest, rel: &str) -> Option<PathBuf> {
+fn tablespace_link(locations: &[(u32, PathBuf)], rel: &str) -> Option<PathBuf> {
     let oid = rel.strip_prefix("pg_tblspc/")?;
-    manifest.tablespaces.iter().find(|t| t.oid.to_string() == oid).map(|t| PathBuf::from(&t.location))
+    locations.iter().find(|(o, _)| o.to_string() == oid).map(|(_, p)| p.clone())
 }
 
-fn create_dirs(target: &Path, manifest: &Manifest) -> Result<()> {
+fn create_dirs(target: &Path, manifest: &Manifest, locations: &[(u32, PathBuf)]) -> Result<()> {
     for dir in &manifest.dirs {
         let path = target.join(&dir.path);
-        if let Some(location) = tablespace_link(manifest, &dir.path) {
+        if let Some(location) = tablespace_link(locations, &dir.path) {
             std::fs::create_dir_all(&location).at("create directory", &location)?;
             if std::fs::symlink_metadata(&path).is_ok() {
                 if std::fs::read_link(&path).ok().as_deref() == Some(location.as_path()) {
@@ -201,7 +267,7 @@ fn remove_any(path: &Path) -> Result<()> {
 }
 
 /// Delta: removes files under `target` (and its tablespaces) that the set does not have.
-fn remove_extra_files(target: &Path, manifest: &Manifest) -> Result<u64> {
+fn remove_extra_files(target: &Path, manifest: &Manifest, locations: &[(u32, PathBuf)]) -> Result<u64> {
     let wanted: HashSet<&str> = manifest
         .files
         .iter()
@@ -224,9 +290,8 @@ fn remove_extra_files(target: &Path, manifest: &Manifest) -> Result<u64> {
             removed += 1;
         }
     }
-    for ts in &manifest.tablespaces {
-        let prefix = format!("pg_tblspc/{}", ts.oid);
-        let root = Path::new(&ts.location);
+    for (oid, root) in locations {
+        let prefix = format!("pg_tblspc/{oid}");
         for entry in walkdir::WalkDir::new(root).min_depth(1).into_iter().filter_map(|e| e.ok()) {
             if entry.file_type().is_file() {
                 let rel =

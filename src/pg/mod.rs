@@ -10,3 +10,4 @@ pub mod lsn;
 pub mod page;
 pub mod session;
 pub mod wal;
+pub mod wal_header;

@@ -1,6 +1,7 @@
 //! The backup repository: stanzas, backup sets (manifest + packs), encryption and compression,
 //! locks and retention. Everything is stored through [`storage::Storage`].
 
+pub mod archive;
 pub mod codec;
 pub mod crypto;
 pub mod label;

@@ -33,6 +33,8 @@ pub trait Storage: Send + Sync {
     fn delete_prefix(&self, prefix: &str) -> Result<()>;
     /// A local file holding the object, for stores that have one (to clone ranges from it).
     fn local_path(&self, key: &str) -> Option<PathBuf>;
+    /// When the object was last written, or `None` when absent.
+    fn modified(&self, key: &str) -> Result<Option<std::time::SystemTime>>;
 }
 
 /// A repository in a local directory.
@@ -136,6 +138,15 @@ impl Storage for LocalStorage {
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path(key).ok()
+    }
+
+    fn modified(&self, key: &str) -> Result<Option<std::time::SystemTime>> {
+        let path = self.path(key)?;
+        match std::fs::metadata(&path) {
+            Ok(meta) => meta.modified().map(Some).at("stat", path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", path, e)),
+        }
     }
 }
 

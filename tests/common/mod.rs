@@ -118,7 +118,9 @@ impl PgDir {
 
 impl Drop for PgDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if std::env::var_os("PGFORK_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -311,6 +313,27 @@ impl Drop for RunningFork {
     }
 }
 
+/// The pgfork binary at a path the postgres user can run (archive_command and restore_command run
+/// as the server's user; the build directory may be out of its reach).
+pub fn server_side_pgfork() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = PathBuf::from("/tmp/pgfork-test-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let target = dir.join("pgfork");
+        let tmp = dir.join(format!(".pgfork.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(env!("CARGO_BIN_EXE_pgfork"), &tmp).is_err() {
+            std::fs::copy(env!("CARGO_BIN_EXE_pgfork"), &tmp).unwrap();
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+        target
+    })
+    .clone()
+}
+
 /// Runs the pgfork binary with `args` (as root; it switches to the data directory's owner).
 pub fn pgfork(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pgfork")).args(args).stdin(Stdio::null()).output().expect("run pgfork")
@@ -363,8 +386,18 @@ impl RepoSetup {
         let dir = PgDir::new(None, "repo-");
         let repo = dir.path().join("repo");
         let cipher = if passphrase.is_some() { "aes-256-gcm" } else { "none" };
+        let pass_line = match passphrase {
+            Some(pass) => {
+                let file = dir.path().join("passphrase");
+                std::fs::write(&file, pass).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+                chown_postgres(&file);
+                format!("passphrase_file = \"{}\"\n", file.display())
+            }
+            None => String::new(),
+        };
         let text = format!(
-            "[repo.main]\npath = \"{}\"\ncipher = \"{cipher}\"\nretention_full = 3\n{extra_repo}\n\n[stanza.main]\ndata = \"{}\"\nport = {}\nsocket = \"{}\"\nbindir = \"{}\"\n",
+            "[repo.main]\npath = \"{}\"\ncipher = \"{cipher}\"\nretention_full = 3\n{pass_line}{extra_repo}\n\n[stanza.main]\ndata = \"{}\"\nport = {}\nsocket = \"{}\"\nbindir = \"{}\"\n",
             repo.display(),
             cluster.data.display(),
             cluster.port,
@@ -376,13 +409,23 @@ impl RepoSetup {
         RepoSetup { dir, config, passphrase: passphrase.map(str::to_string) }
     }
 
+    /// Turns archiving into this repository on in `cluster`'s configuration (before it starts).
+    pub fn enable_archiving(&self, cluster: &Cluster) {
+        let conf = format!(
+            "archive_mode = on\narchive_command = '{} archive-push %p --config {}'\n",
+            server_side_pgfork().display(),
+            self.config.display()
+        );
+        append(&cluster.data.join("postgresql.conf"), &conf);
+    }
+
     pub fn repo_path(&self) -> PathBuf {
         self.dir.path().join("repo")
     }
 
     /// Runs `pgfork <args> --config <config>` with the passphrase in the environment.
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgfork"));
+        let mut cmd = Command::new(server_side_pgfork());
         cmd.args(args).arg("--config").arg(&self.config).stdin(Stdio::null());
         match &self.passphrase {
             Some(p) => cmd.env("PGFORK_PASSPHRASE", p),

@@ -109,6 +109,8 @@ pub struct ForkReport {
     pub plan: ForkPlan,
     /// The fork's cluster_name.
     pub cluster_name: String,
+    /// The settings written into the fork's postgresql.auto.conf.
+    pub settings: Vec<(String, String)>,
     /// Backup start LSN (hot).
     pub start_lsn: Option<String>,
     /// Backup stop LSN (hot).
@@ -355,11 +357,8 @@ impl PreparedFork {
         let step = Instant::now();
         let cluster_name = fork_cluster_name(&settings, self.src.path(), self.opts.id);
         let reason = format!("pgfork: fork {} of {}", self.opts.id, self.src.path().display());
-        set_auto_conf(
-            staging.data(),
-            &reason,
-            &fork_settings(&settings, self.src.path(), self.opts.dst_port, &cluster_name),
-        )?;
+        let fork_conf = fork_settings(&settings, self.src.path(), self.opts.dst_port, &cluster_name);
+        set_auto_conf(staging.data(), &reason, &fork_conf)?;
         fsx::sync_filesystem(staging.data())?;
         if let Destination::Replace(paths) = &self.destination {
             for path in paths {
@@ -381,6 +380,7 @@ impl PreparedFork {
         Ok(ForkReport {
             plan,
             cluster_name,
+            settings: fork_conf.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
             start_lsn,
             stop_lsn,
             wal_segments,
@@ -394,7 +394,9 @@ impl PreparedFork {
     }
 }
 
-fn start_fork(bins: &PgBin, dst: &Path, port: u16, host: Option<&str>, user: &str) -> Result<()> {
+/// Starts the instance in `dst` (`pg_ctl start -w`, log in `dst/log/pgfork-start.log`) and waits
+/// until it accepts connections on `port`.
+pub fn start_fork(bins: &PgBin, dst: &Path, port: u16, host: Option<&str>, user: &str) -> Result<()> {
     let log_dir = dst.join("log");
     if !log_dir.exists() {
         fsx::create_dir_mode(&log_dir, 0o700)?;

@@ -1,0 +1,69 @@
+//! `archive-push` and `archive-get`: archive_command and restore_command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::repo_args::RepoArgs;
+use crate::ops::archive::{archive_get, archive_push, prefetch};
+
+/// Arguments of `archive-push`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PushArgs {
+    /// The WAL file (%p).
+    pub path: PathBuf,
+    /// Configuration and stanza.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+impl PushArgs {
+    /// Pushes the file; exit 0 only once it is durable.
+    pub fn run(self) -> anyhow::Result<()> {
+        let resolved = self.repo.resolve()?;
+        let report =
+            archive_push(&resolved, &self.path).with_context(|| format!("archive-push {}", self.path.display()))?;
+        if report.already_archived {
+            eprintln!("pgfork: {} was already archived with the same content", report.name);
+        }
+        Ok(())
+    }
+}
+
+/// Arguments of `archive-get`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GetArgs {
+    /// The file PostgreSQL asks for (%f).
+    #[arg(required_unless_present = "prefetch_after")]
+    pub name: Option<String>,
+    /// Where to put it (%p).
+    #[arg(required_unless_present = "prefetch_after")]
+    pub dest: Option<PathBuf>,
+    /// Do not fetch the following segments in the background.
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// Internal: run as the prefetcher for the segments after this one.
+    #[arg(long, hide = true, requires = "spool")]
+    pub prefetch_after: Option<String>,
+    /// Internal: the prefetcher's spool directory.
+    #[arg(long, hide = true)]
+    pub spool: Option<PathBuf>,
+    /// Configuration and stanza.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+impl GetArgs {
+    /// Fetches the file; a missing file is exit code 1 (PostgreSQL expects that).
+    pub fn run(self) -> anyhow::Result<()> {
+        let resolved = self.repo.resolve()?;
+        if let (Some(after), Some(spool)) = (&self.prefetch_after, &self.spool) {
+            return Ok(prefetch(&resolved, after, spool)?);
+        }
+        let (name, dest) = (self.name.expect("required"), self.dest.expect("required"));
+        let found =
+            archive_get(&resolved, &name, &dest, !self.no_prefetch).with_context(|| format!("archive-get {name}"))?;
+        anyhow::ensure!(found, "{name} is not in the archive");
+        Ok(())
+    }
+}

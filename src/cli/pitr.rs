@@ -1,0 +1,147 @@
+//! `pitr --fork` and `check`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::progress::TerminalProgress;
+use crate::cli::repo_args::RepoArgs;
+use crate::cli::restore::TargetArgs;
+use crate::ops::check::check;
+use crate::ops::fork::{ForkOptions, ModeRequest, default_destination, default_port};
+use crate::ops::pitr::{PitrForkOptions, pitr_fork};
+use crate::repo::label::SetLabel;
+use crate::util::human_bytes;
+
+/// Arguments of `pitr`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PitrArgs {
+    /// Fork the stanza's running cluster as fork <ID> and recover the fork (production is not touched).
+    #[arg(long = "fork", value_name = "ID")]
+    pub fork: u32,
+    /// The fork's data directory [default: /pg/data<ID>].
+    #[arg(short = 'D', long = "dst")]
+    pub dst: Option<PathBuf>,
+    /// The fork's port [default: <ID>5432].
+    #[arg(short = 'P', long = "dst-port")]
+    pub dst_port: Option<u16>,
+    /// The set to start from [default: chosen from the target].
+    #[arg(long)]
+    pub set: Option<SetLabel>,
+    /// Start the fork and wait until it reaches the target.
+    #[arg(long)]
+    pub start: bool,
+    /// Recovery target (required).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Configuration and stanza.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+impl PitrArgs {
+    /// Runs PITR onto a fork.
+    pub fn run(self) -> anyhow::Result<()> {
+        let resolved = self.repo.resolve()?;
+        let recovery =
+            self.target.request()?.context("pitr needs a target: --type time|name|lsn|xid|immediate|default")?;
+        let stanza = &resolved.stanza;
+        let fork = ForkOptions {
+            id: self.fork,
+            src: stanza.data.clone(),
+            dst: self.dst.clone().unwrap_or_else(|| default_destination(self.fork)),
+            src_port: stanza.port,
+            dst_port: match self.dst_port {
+                Some(port) => port,
+                None => default_port(self.fork)?,
+            },
+            host: stanza.socket.clone(),
+            user: stanza.user.clone(),
+            mode: ModeRequest::Auto,
+            force: false,
+            start: false,
+            bindir: stanza.bindir.clone(),
+        };
+        let opts = PitrForkOptions { fork, recovery, set: self.set.clone(), start: self.start };
+        let report = pitr_fork(&resolved, &opts, &TerminalProgress::default()).context("pitr onto a fork")?;
+        if self.json {
+            return super::print_json(&report);
+        }
+        let r = &report.restore;
+        println!(
+            "fork {} of {} recovered from backup {} in {:.1} s ({} rewritten, {} already right)",
+            self.fork,
+            report.fork.plan.src.display(),
+            r.label,
+            report.duration_ms / 1000.0,
+            human_bytes(r.bytes_written),
+            human_bytes(r.bytes_unchanged)
+        );
+        if let Some(plan) = &r.plan {
+            println!("  wal        {} .. {}", plan.wal_from, plan.wal_to);
+        }
+        let host = report.fork.connect_host.as_deref().map(|h| format!("-h {h} ")).unwrap_or_default();
+        match &report.reached {
+            Some(reached) => {
+                println!(
+                    "  reached    {} at {} ({})",
+                    reached.lsn,
+                    reached.time.as_deref().unwrap_or("-"),
+                    reached.state
+                );
+                println!("  connect    psql {host}-p {}", report.fork.plan.dst_port);
+                println!(
+                    "  then       pg_ctl -D {} promote, or drop it: pg_ctl -D {0} stop && rm -rf {0}",
+                    report.fork.plan.dst.display()
+                );
+            }
+            None => println!(
+                "  start      pg_ctl -D {} start && psql {host}-p {}",
+                report.fork.plan.dst.display(),
+                report.fork.plan.dst_port
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Seconds to wait for the switched segment to reach the repository.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Configuration and stanza.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+impl CheckArgs {
+    /// Runs the check; problems make the exit code 1.
+    pub fn run(self) -> anyhow::Result<()> {
+        let resolved = self.repo.resolve()?;
+        let report = check(&resolved, Duration::from_secs(self.timeout))
+            .with_context(|| format!("check of stanza {}", resolved.name))?;
+        if self.json {
+            super::print_json(&report)?;
+        } else {
+            println!(
+                "stanza {}: archive_mode {}, archive_command {:?}",
+                report.stanza, report.archive_mode, report.archive_command
+            );
+            match report.archived_ms {
+                Some(ms) => println!("  {} reached the repository in {:.0} ms", report.switched_segment, ms),
+                None => println!("  {} did not reach the repository", report.switched_segment),
+            }
+        }
+        anyhow::ensure!(report.problems.is_empty(), "archiving is not working:\n  {}", report.problems.join("\n  "));
+        Ok(())
+    }
+}

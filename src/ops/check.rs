@@ -1,0 +1,100 @@
+//! `check`: is WAL archiving working for this stanza? archive_mode and archive_command set, a WAL
+//! switch reaching the repository in time, no recent archiver failures, the right cluster.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+use crate::ops::identity::become_owner_of;
+use crate::ops::stanza_repo::{StanzaRepo, server_target};
+use crate::pg::datadir::DataDir;
+use crate::pg::session::Session;
+use crate::repo::archive::Archive;
+use crate::repo::storage::Storage;
+
+/// What check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// Stanza.
+    pub stanza: String,
+    /// archive_mode of the server.
+    pub archive_mode: String,
+    /// archive_command of the server.
+    pub archive_command: String,
+    /// The segment switched to test archiving.
+    pub switched_segment: String,
+    /// How long it took to reach the repository, milliseconds (`None`: it did not in time).
+    pub archived_ms: Option<f64>,
+    /// pg_stat_archiver.failed_count.
+    pub failed_count: i64,
+    /// What is wrong; empty when everything is fine.
+    pub problems: Vec<String>,
+}
+
+/// Checks archiving of the stanza's running cluster, waiting up to `timeout` for a switched segment.
+pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
+    let data = DataDir::open(&resolved.stanza.data)?;
+    let identity = become_owner_of(data.path())?;
+    let repo = StanzaRepo::open(resolved)?;
+    let target = server_target(resolved, data.path(), &identity.name);
+    let session = Session::connect_retry(&target, Duration::from_secs(5))?;
+    let mut problems = Vec::new();
+    let id: i64 = session.query_one("SELECT system_identifier FROM pg_control_system()", &[])?.get(0);
+    if id as u64 != repo.record.current.system_identifier {
+        return Err(Error::refused(
+            format!(
+                "the server's system identifier {} does not match stanza {} ({}): is this the correct stanza?",
+                id as u64, repo.name, repo.record.current.system_identifier
+            ),
+            None,
+        ));
+    }
+    let archive_mode = session.show("archive_mode")?;
+    let archive_command = session.show("archive_command")?;
+    if archive_mode == "off" {
+        problems.push("archive_mode is off: set it to on (needs a restart)".to_string());
+    }
+    if !archive_command.contains("archive-push") {
+        problems.push(format!("archive_command is {archive_command:?}, not pgfork archive-push"));
+    }
+    // A record first: a switch with nothing written since the last one does nothing.
+    session.query_one("SELECT pg_create_restore_point('pgfork check')::text", &[])?;
+    let row = session.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])?;
+    let segment: String = row.get(0);
+    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
+    let key = archive.key(&segment)?;
+    let started = Instant::now();
+    let mut archived_ms = None;
+    if problems.is_empty() {
+        while started.elapsed() < timeout {
+            if repo.storage.modified(&key)?.is_some() {
+                archived_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if archived_ms.is_none() {
+            problems.push(format!("segment {segment} did not reach the repository within {} s", timeout.as_secs()));
+        }
+    }
+    let row = session.query_one(
+        "SELECT failed_count, coalesce(last_failed_wal, ''), coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) \
+         FROM pg_stat_archiver",
+        &[],
+    )?;
+    let (failed_count, last_failed, failing): (i64, String, bool) = (row.get(0), row.get(1), row.get(2));
+    if failing {
+        problems.push(format!("the archiver's last attempt failed (on {last_failed}); see the server log"));
+    }
+    Ok(CheckReport {
+        stanza: repo.name.clone(),
+        archive_mode,
+        archive_command,
+        switched_segment: segment,
+        archived_ms,
+        failed_count,
+        problems,
+    })
+}

@@ -1,0 +1,422 @@
+//! Point-in-time recovery: the target and how to reach it. Chooses the backup set, checks before
+//! anything is written that the WAL from the set's start to the target is archived and continuous
+//! (following timeline history), and produces the settings that make PostgreSQL recover there.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ops::stanza_repo::StanzaRepo;
+use crate::pg::lsn::{Lsn, TimelineId, WalSegment};
+use crate::repo::archive::Archive;
+use crate::repo::label::SetLabel;
+use crate::repo::manifest::Manifest;
+use crate::repo::storage::Storage;
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The end of the archived WAL.
+    Default,
+    /// The backup set's consistent point.
+    Immediate,
+    /// A time (PostgreSQL's text is kept for the setting).
+    Time(DateTime<FixedOffset>, String),
+    /// A named restore point (pg_create_restore_point).
+    Name(String),
+    /// An LSN.
+    Lsn(Lsn),
+    /// A transaction id.
+    Xid(u64),
+}
+
+/// What the server does at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetAction {
+    /// Pause (hot standby; promote by hand).
+    Pause,
+    /// Promote and open for writes.
+    Promote,
+    /// Shut down.
+    Shutdown,
+}
+
+/// Which timeline recovery follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetTimeline {
+    /// The newest in the archive.
+    Latest,
+    /// The backup's.
+    Current,
+    /// This one.
+    Id(u32),
+}
+
+impl std::str::FromStr for TargetTimeline {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "latest" => Ok(TargetTimeline::Latest),
+            "current" => Ok(TargetTimeline::Current),
+            n => n
+                .parse()
+                .map(TargetTimeline::Id)
+                .map_err(|_| Error::invalid(format!("target timeline {s:?}"), "expected latest, current or a number")),
+        }
+    }
+}
+
+impl std::fmt::Display for TargetTimeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetTimeline::Latest => f.write_str("latest"),
+            TargetTimeline::Current => f.write_str("current"),
+            TargetTimeline::Id(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A recovery request.
+#[derive(Debug, Clone)]
+pub struct RecoveryRequest {
+    /// Where to stop.
+    pub target: Target,
+    /// Stop just before the target instead of after it.
+    pub exclusive: bool,
+    /// What to do there.
+    pub action: TargetAction,
+    /// Which timeline.
+    pub timeline: TargetTimeline,
+}
+
+/// Parses a recovery target time; a time zone is required (the set is chosen by absolute time).
+pub fn parse_time(text: &str) -> Result<Target> {
+    let trimmed = text.trim();
+    let formats =
+        ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%:z"];
+    let normalized = trimmed.replace(" UTC", "+00").replace('Z', "+00");
+    for format in formats {
+        if let Ok(time) = DateTime::parse_from_str(&normalized, format) {
+            return Ok(Target::Time(time, trimmed.to_string()));
+        }
+    }
+    Err(Error::refused(
+        format!("cannot read the target time {text:?}"),
+        Some("write it with a time zone, as PostgreSQL prints it: \"2025-01-01 12:00:00+08\"".into()),
+    ))
+}
+
+/// The plan of a recovery: which set, which WAL, which settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryPlan {
+    /// The backup set to restore.
+    pub set: SetLabel,
+    /// First WAL segment recovery reads (the set's start).
+    pub wal_from: String,
+    /// Last archived segment recovery may read on the path to the target.
+    pub wal_to: String,
+    /// Timeline path followed: (timeline, first segment, last segment).
+    pub timelines: Vec<(u32, String, String)>,
+    /// Settings written into postgresql.auto.conf.
+    pub settings: Vec<(String, String)>,
+}
+
+/// Picks the set for `request` (or checks the named one).
+pub fn choose_set(manifests: &[Manifest], named: Option<&SetLabel>, target: &Target) -> Result<SetLabel> {
+    if let Some(label) = named {
+        let manifest = manifests
+            .iter()
+            .find(|m| &m.label == label)
+            .ok_or_else(|| Error::refused(format!("backup {label} does not exist"), None))?;
+        match target {
+            Target::Time(t, text) if *t < manifest.stop_time => {
+                return Err(Error::refused(
+                    format!("target time {text} is before backup {label} reached consistency ({})", manifest.stop_time),
+                    Some("choose an earlier backup with --set, or let pgfork choose".into()),
+                ));
+            }
+            Target::Lsn(lsn) if *lsn < manifest.stop_lsn => {
+                return Err(Error::refused(
+                    format!("target LSN {lsn} is before backup {label} reached consistency ({})", manifest.stop_lsn),
+                    None,
+                ));
+            }
+            _ => {}
+        }
+        return Ok(label.clone());
+    }
+    let newest = manifests.last().ok_or_else(|| Error::refused("the stanza has no backup", None))?;
+    let chosen = match target {
+        Target::Time(t, text) => manifests.iter().rev().find(|m| m.stop_time <= *t).ok_or_else(|| {
+            Error::refused(
+                format!(
+                    "target time {text} is before the earliest backup's consistent point ({})",
+                    manifests[0].stop_time
+                ),
+                None,
+            )
+        })?,
+        Target::Lsn(lsn) => manifests.iter().rev().find(|m| m.stop_lsn <= *lsn).ok_or_else(|| {
+            Error::refused(
+                format!(
+                    "target LSN {lsn} is before the earliest backup's consistent point ({})",
+                    manifests[0].stop_lsn
+                ),
+                None,
+            )
+        })?,
+        _ => newest,
+    };
+    Ok(chosen.label.clone())
+}
+
+/// Checks the archive holds every segment recovery needs from `set` to the target, and returns the
+/// plan. Fails naming the first missing segment, or when the target lies past the archive's end.
+pub fn plan(
+    repo: &StanzaRepo,
+    set: &Manifest,
+    request: &RecoveryRequest,
+    restore_command: &str,
+) -> Result<RecoveryPlan> {
+    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
+    let size = segment_size(set)?;
+    let start = WalSegment::parse(&set.start_wal, size)
+        .ok_or_else(|| Error::invalid(format!("backup {}", set.label), "bad start WAL name"))?;
+    let archived = archive.segments(size)?;
+    let settings = settings(request, restore_command);
+    if request.target == Target::Immediate {
+        return Ok(RecoveryPlan {
+            set: set.label.clone(),
+            wal_from: set.start_wal.clone(),
+            wal_to: set.stop_wal.clone(),
+            timelines: vec![(set.timeline, set.start_wal.clone(), set.stop_wal.clone())],
+            settings,
+        });
+    }
+    // The timeline path: the set's timeline, then each switch recorded in the target's history.
+    let target_tli = match request.timeline {
+        TargetTimeline::Current => set.timeline,
+        TargetTimeline::Id(n) => n,
+        TargetTimeline::Latest => archived.keys().map(|t| t.0).max().unwrap_or(set.timeline).max(set.timeline),
+    };
+    let mut path: Vec<(u32, u64, Option<u64>)> = Vec::new(); // (timeline, first segment, last segment before the switch)
+    if target_tli == set.timeline {
+        path.push((set.timeline, start.number, None));
+    } else {
+        let history_name = format!("{target_tli:08X}.history");
+        let history = archive.get(&history_name)?.ok_or_else(|| {
+            Error::refused(
+                format!("timeline {target_tli} has no history file {history_name} in the archive"),
+                Some("pass --target-timeline current, or the timeline the backup is on".into()),
+            )
+        })?;
+        let switches = parse_history(&String::from_utf8_lossy(&history));
+        let mut from = start.number;
+        let mut on_path = false;
+        for (tli, switch) in &switches {
+            if *tli == set.timeline {
+                on_path = true;
+            }
+            if on_path {
+                let switch_seg = switch.segment_no(size);
+                if switch_seg < from {
+                    return Err(Error::refused(
+                        format!(
+                            "backup {} started after timeline {tli} ended at {switch}: it is not on the way to timeline {target_tli}",
+                            set.label
+                        ),
+                        None,
+                    ));
+                }
+                path.push((*tli, from, Some(switch_seg.saturating_sub(1))));
+                from = switch_seg;
+            }
+        }
+        if !on_path {
+            return Err(Error::refused(
+                format!(
+                    "timeline {target_tli} does not descend from timeline {} of backup {}",
+                    set.timeline, set.label
+                ),
+                None,
+            ));
+        }
+        path.push((target_tli, from, None));
+    }
+    let target_seg = match &request.target {
+        Target::Lsn(lsn) => Some(lsn.segment_no(size)),
+        _ => None,
+    };
+    let mut timelines = Vec::new();
+    let mut last_name = set.stop_wal.clone();
+    let mut newest_modified = None;
+    for (i, (tli, first, last)) in path.iter().enumerate() {
+        let have: BTreeMap<u64, ()> =
+            archived.get(&TimelineId(*tli)).map(|v| v.iter().map(|s| (s.number, ())).collect()).unwrap_or_default();
+        let is_last = i == path.len() - 1;
+        let end = match (last, is_last) {
+            (Some(last), _) => *last,
+            (None, _) => {
+                let max = have.keys().next_back().copied().unwrap_or(0).max(start.number.saturating_sub(1));
+                match target_seg {
+                    Some(seg) if seg > max => {
+                        return Err(Error::refused(
+                            format!(
+                                "target LSN is past the end of the archive on timeline {tli} (newest segment {})",
+                                WalSegment { timeline: TimelineId(*tli), number: max }.file_name(size)
+                            ),
+                            Some("wait for the segment holding it to be archived (or run pg_switch_wal())".into()),
+                        ));
+                    }
+                    Some(seg) => seg,
+                    None => max,
+                }
+            }
+        };
+        // The set's own WAL counts as present: it travels with the set.
+        for number in *first..=end {
+            let name = WalSegment { timeline: TimelineId(*tli), number }.file_name(size);
+            let in_set = set.wal.iter().any(|w| w.name == name);
+            if !in_set && !have.contains_key(&number) {
+                return Err(Error::refused(
+                    format!(
+                        "WAL segment {name} is missing from the archive of stanza {}: recovery from backup {} cannot pass it",
+                        repo.name, set.label
+                    ),
+                    Some("choose a later backup with --set, or a target before this segment".into()),
+                ));
+            }
+        }
+        let first_name = WalSegment { timeline: TimelineId(*tli), number: *first }.file_name(size);
+        last_name = WalSegment { timeline: TimelineId(*tli), number: end.max(*first) }.file_name(size);
+        if is_last {
+            newest_modified = repo.storage.modified(&archive.key(&last_name)?)?;
+        }
+        timelines.push((*tli, first_name, last_name.clone()));
+    }
+    if let (Target::Time(t, text), Some(modified)) = (&request.target, newest_modified) {
+        let archived_at: DateTime<Utc> = modified.into();
+        if *t > archived_at {
+            return Err(Error::refused(
+                format!(
+                    "target time {text} is after the end of the archive: its newest segment {last_name} was archived at {archived_at}"
+                ),
+                Some("wait for the WAL holding the target to be archived (or run pg_switch_wal())".into()),
+            ));
+        }
+    }
+    Ok(RecoveryPlan { set: set.label.clone(), wal_from: set.start_wal.clone(), wal_to: last_name, timelines, settings })
+}
+
+/// The recovery settings for postgresql.auto.conf.
+pub fn settings(request: &RecoveryRequest, restore_command: &str) -> Vec<(String, String)> {
+    let mut out = vec![("restore_command".to_string(), restore_command.to_string())];
+    let target = match &request.target {
+        Target::Default => None,
+        Target::Immediate => Some(("recovery_target", "immediate".to_string())),
+        Target::Time(_, text) => Some(("recovery_target_time", text.clone())),
+        Target::Name(name) => Some(("recovery_target_name", name.clone())),
+        Target::Lsn(lsn) => Some(("recovery_target_lsn", lsn.to_string())),
+        Target::Xid(xid) => Some(("recovery_target_xid", xid.to_string())),
+    };
+    // Clear every other target so an old one in the restored configuration cannot combine with ours;
+    // the clearing lines come first: PostgreSQL refuses an empty target set after a non-empty one.
+    for name in [
+        "recovery_target",
+        "recovery_target_time",
+        "recovery_target_name",
+        "recovery_target_lsn",
+        "recovery_target_xid",
+    ] {
+        if target.as_ref().is_none_or(|(n, _)| *n != name) {
+            out.push((name.to_string(), String::new()));
+        }
+    }
+    if let Some((name, value)) = &target {
+        out.push((name.to_string(), value.clone()));
+        // Immediate and restore-point targets have no exclusive form.
+        let inclusive = !request.exclusive || matches!(request.target, Target::Immediate | Target::Name(_));
+        out.push(("recovery_target_inclusive".into(), inclusive.to_string()));
+        out.push(("recovery_target_action".into(), format!("{:?}", request.action).to_lowercase()));
+    }
+    out.push(("recovery_target_timeline".into(), request.timeline.to_string()));
+    out.push(("archive_mode".into(), "off".into()));
+    out
+}
+
+/// `(parent timeline, switch LSN)` entries of a timeline history file.
+pub fn parse_history(text: &str) -> Vec<(u32, Lsn)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let tli = fields.next()?.parse().ok()?;
+            let lsn = fields.next()?.parse().ok()?;
+            Some((tli, lsn))
+        })
+        .collect()
+}
+
+fn segment_size(set: &Manifest) -> Result<u64> {
+    set.wal
+        .first()
+        .map(|w| w.size)
+        .filter(|s| s.is_power_of_two())
+        .ok_or_else(|| Error::invalid(format!("backup {}", set.label), "carries no WAL segment"))
+}
+
+/// The restore_command that fetches from this configuration's stanza.
+pub fn restore_command(config: Option<&Path>, stanza: &str) -> String {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgfork".into());
+    let config = config.map(|c| format!(" --config \"{}\"", c.display())).unwrap_or_default();
+    format!("\"{exe}\" archive-get %f \"%p\" --stanza \"{stanza}\"{config}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_target_times_with_zones() {
+        for text in [
+            "2025-01-01 12:00:00+08",
+            "2025-01-01 04:00:00.123456+00",
+            "2025-01-01T04:00:00Z",
+            "2025-01-01 04:00:00 UTC",
+            "2025-01-01 12:00:00+08:00",
+        ] {
+            let Target::Time(t, _) = parse_time(text).unwrap() else { panic!() };
+            assert_eq!(t.with_timezone(&Utc).format("%Y-%m-%d %H").to_string(), "2025-01-01 04", "{text}");
+        }
+        assert!(parse_time("2025-01-01 12:00:00").is_err(), "a time without zone is ambiguous");
+    }
+
+    #[test]
+    fn reads_history_files() {
+        let text = "1\t0/3000000\tno recovery target specified\n\n2\t0/5000A0\tat restore point \"x\"\n";
+        assert_eq!(parse_history(text), vec![(1, Lsn(0x300_0000)), (2, Lsn(0x50_00A0))]);
+    }
+
+    #[test]
+    fn settings_clear_other_targets_and_turn_archiving_off() {
+        let request = RecoveryRequest {
+            target: Target::Xid(1234),
+            exclusive: true,
+            action: TargetAction::Promote,
+            timeline: TargetTimeline::Latest,
+        };
+        let s = settings(&request, "cmd");
+        let get = |n: &str| s.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("recovery_target_xid"), Some("1234"));
+        assert_eq!(get("recovery_target_time"), Some(""));
+        assert_eq!(get("recovery_target_inclusive"), Some("false"));
+        assert_eq!(get("recovery_target_action"), Some("promote"));
+        assert_eq!(get("archive_mode"), Some("off"));
+        let default = RecoveryRequest { target: Target::Default, ..request };
+        assert!(settings(&default, "cmd").iter().all(|(k, _)| k != "recovery_target_action"));
+    }
+}

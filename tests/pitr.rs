@@ -1,0 +1,356 @@
+//! WAL archiving and point-in-time recovery on PostgreSQL 15 and 18: the heartbeat scenario
+//! (recover to a time, a restore point, an LSN, an XID inclusive and exclusive), a timeline
+//! switch, a missing segment, a push from another cluster, concurrent pushes, and PITR onto a fork
+//! while the source keeps writing.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One heartbeat row as written.
+#[derive(Debug, Clone)]
+struct Beat {
+    id: i32,
+    ts: String,
+    epoch: f64,
+    txid: i64,
+    lsn: String,
+}
+
+const HEARTBEAT_SQL: &str = "INSERT INTO heartbeat (ts, txid, lsn) VALUES (clock_timestamp(), txid_current(), pg_current_wal_lsn()) \
+     RETURNING id, ts::text, extract(epoch FROM ts)::float8, txid, lsn::text";
+
+/// Writes a heartbeat every 100 ms for `count` beats; after beat `restore_point_after` creates the
+/// restore point `rp1`.
+fn heartbeats(cluster: &Cluster, count: usize, restore_point_after: Option<usize>) -> Vec<Beat> {
+    let session = cluster.session("postgres");
+    let mut beats = Vec::new();
+    for i in 1..=count {
+        let row = session.query_one(HEARTBEAT_SQL, &[]).unwrap();
+        beats.push(Beat { id: row.get(0), ts: row.get(1), epoch: row.get(2), txid: row.get(3), lsn: row.get(4) });
+        if restore_point_after == Some(i) {
+            session.query_one("SELECT pg_create_restore_point('rp1')::text", &[]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    beats
+}
+
+/// An archiving cluster with a heartbeat table, a stanza and a full backup.
+fn archiving_cluster(version: &PgVersion) -> (Cluster, RepoSetup) {
+    let mut cluster = Cluster::init(version, None);
+    let repo = RepoSetup::new(&cluster, Some("pitr pass"), "");
+    repo.enable_archiving(&cluster);
+    cluster.start();
+    repo.ok(&["stanza-create"]);
+    cluster.psql("postgres", "CREATE TABLE heartbeat (id serial PRIMARY KEY, ts timestamptz, txid bigint, lsn pg_lsn)");
+    repo.backup("full");
+    (cluster, repo)
+}
+
+/// Switches WAL and waits until it is in the repository (pgfork check does exactly that).
+fn archive_now(repo: &RepoSetup) {
+    repo.ok(&["check", "--timeout", "60"]);
+}
+
+/// Restores with `args` into a new directory, starts it, waits for recovery to pause, and returns
+/// the last heartbeat (id, epoch) it holds.
+fn recover(cluster: &Cluster, repo: &RepoSetup, args: &[&str]) -> (i32, f64) {
+    let dir = PgDir::new(None, "pitr-");
+    let data = dir.path().join("data");
+    let mut all = vec!["restore", "--data", data.to_str().unwrap()];
+    all.extend(args);
+    repo.ok(&all);
+    assert!(data.join("recovery.signal").exists());
+    let port = free_port();
+    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    must_run_as_postgres(
+        &cluster.version.bin("pg_ctl"),
+        &["start", "-w", "-t", "120", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
+    );
+    let restored = RunningFork {
+        version: cluster.version.clone(),
+        data,
+        socket_dir: cluster.socket_dir.path().to_path_buf(),
+        port,
+    };
+    wait_paused(&restored);
+    let last =
+        restored.psql("postgres", "SELECT id || ' ' || extract(epoch FROM ts) FROM heartbeat ORDER BY id DESC LIMIT 1");
+    let (id, epoch) = last.split_once(' ').unwrap();
+    (id.parse().unwrap(), epoch.parse().unwrap())
+}
+
+fn wait_paused(server: &RunningFork) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.psql("postgres", "SELECT pg_get_wal_replay_pause_state()") != "paused" {
+        assert!(Instant::now() < deadline, "recovery never paused at its target");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn heartbeat_targets(version: &PgVersion) {
+    let (cluster, repo) = archiving_cluster(version);
+    let beats = heartbeats(&cluster, 60, Some(30));
+    archive_now(&repo);
+
+    // Time: the last heartbeat is at or before the target, and within a second of it.
+    let target = &beats[20];
+    let (_, epoch) = recover(&cluster, &repo, &["--type", "time", "--target", &target.ts]);
+    assert!(epoch <= target.epoch && target.epoch - epoch < 1.0, "time target {} landed at {epoch}", target.epoch);
+
+    // A named restore point created right after beat 30.
+    let (id, _) = recover(&cluster, &repo, &["--type", "name", "--target", "rp1"]);
+    assert_eq!(id, beats[29].id);
+
+    // An LSN taken just before beat 41 was written.
+    let target = &beats[40];
+    let (id, epoch) = recover(&cluster, &repo, &["--type", "lsn", "--target", &target.lsn]);
+    assert!(
+        id <= target.id && id >= target.id - 2 && target.epoch - epoch < 1.0,
+        "lsn target {} landed at beat {id}",
+        target.lsn
+    );
+
+    // An XID, inclusive and exclusive.
+    let target = &beats[50];
+    let (id, _) = recover(&cluster, &repo, &["--type", "xid", "--target", &target.txid.to_string()]);
+    assert_eq!(id, target.id);
+    let (id, _) =
+        recover(&cluster, &repo, &["--type", "xid", "--target", &target.txid.to_string(), "--target-exclusive"]);
+    assert_eq!(id, target.id - 1);
+
+    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    assert_eq!(info["archive"][0]["timeline"], 1);
+    assert!(info["recovery_window"].is_array());
+}
+on_each_version!(heartbeat_targets_15, heartbeat_targets_18, heartbeat_targets);
+
+#[test]
+fn a_timeline_switch_and_pitr_onto_the_new_timeline() {
+    if !can_run("a_timeline_switch_and_pitr_onto_the_new_timeline") {
+        return;
+    }
+    let (cluster, repo) = archiving_cluster(&PgVersion::get(18));
+    let beats = heartbeats(&cluster, 20, None);
+    archive_now(&repo);
+
+    // PITR to beat 10 and promote: timeline 2.
+    let dir = PgDir::new(None, "tl2-");
+    let data = dir.path().join("data");
+    repo.ok(&[
+        "restore",
+        "--data",
+        data.to_str().unwrap(),
+        "--type",
+        "time",
+        "--target",
+        &beats[10].ts,
+        "--target-action",
+        "promote",
+    ]);
+    let port = free_port();
+    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    let version = cluster.version.clone();
+    let start = |data: &Path| {
+        must_run_as_postgres(
+            &version.bin("pg_ctl"),
+            &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
+        )
+    };
+    start(&data);
+    let promoted = RunningFork {
+        version: version.clone(),
+        data: data.clone(),
+        socket_dir: cluster.socket_dir.path().to_path_buf(),
+        port,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while promoted.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "the recovered cluster never promoted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(promoted.psql("postgres", "SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    // Archiving back on (the documented step after a PITR), and the new history file pushed.
+    promoted.psql("postgres", "ALTER SYSTEM SET archive_mode = on");
+    promoted.psql(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET archive_command = '{} archive-push %p --config {}'",
+            server_side_pgfork().display(),
+            repo.config.display()
+        ),
+    );
+    must_run_as_postgres(
+        &version.bin("pg_ctl"),
+        &["restart", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
+    );
+    repo.ok(&["archive-push", data.join("pg_wal/00000002.history").to_str().unwrap()]);
+    for _ in 0..5 {
+        promoted.psql(
+            "postgres",
+            "INSERT INTO heartbeat (ts, txid, lsn) VALUES (clock_timestamp(), 0, pg_current_wal_lsn())",
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tl2_target = promoted.psql("postgres", "SELECT clock_timestamp()::text");
+    // A commit after the target: recovery to a time stops at the first one past it.
+    std::thread::sleep(Duration::from_millis(100));
+    promoted
+        .psql("postgres", "INSERT INTO heartbeat (ts, txid, lsn) VALUES (clock_timestamp(), 0, pg_current_wal_lsn())");
+    let segment = promoted.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while promoted.psql("postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment {
+        assert!(Instant::now() < deadline, "timeline 2 WAL was not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(promoted);
+
+    // PITR again, to a time on timeline 2: from the timeline-1 backup through the switch.
+    let (id, _) = recover(&cluster, &repo, &["--type", "time", "--target", &tl2_target, "--target-timeline", "latest"]);
+    assert!(id > beats[10].id, "recovery did not follow timeline 2 (last beat {id})");
+    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    assert!(info["archive"].as_array().unwrap().iter().any(|a| a["timeline"] == 2), "{info}");
+}
+
+#[test]
+fn a_missing_segment_fails_before_anything_is_written() {
+    if !can_run("a_missing_segment_fails_before_anything_is_written") {
+        return;
+    }
+    let (cluster, repo) = archiving_cluster(&PgVersion::get(15));
+    let mut segments = Vec::new();
+    for _ in 0..3 {
+        heartbeats(&cluster, 3, None);
+        segments.push(cluster.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    let beats = heartbeats(&cluster, 3, None);
+    archive_now(&repo);
+    let missing = &segments[1];
+    std::fs::remove_file(repo.repo_path().join("main/archive").join(&missing[..8]).join(missing)).unwrap();
+    let target = PgDir::new(None, "nowal-").path().join("data");
+    let out = repo.run(&["restore", "--data", target.to_str().unwrap(), "--type", "time", "--target", &beats[2].ts]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("WAL segment {missing} is missing")), "{stderr}");
+    assert!(!target.exists(), "the pre-flight check wrote something");
+    // A target before the earliest backup is refused too.
+    let out = repo.run(&[
+        "restore",
+        "--data",
+        target.to_str().unwrap(),
+        "--type",
+        "time",
+        "--target",
+        "2001-01-01 00:00:00+00",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("before the earliest backup"));
+}
+
+#[test]
+fn pushes_from_another_cluster_are_refused_and_concurrent_pushes_agree() {
+    if !can_run("pushes_from_another_cluster_are_refused_and_concurrent_pushes_agree") {
+        return;
+    }
+    let (cluster, repo) = archiving_cluster(&PgVersion::get(18));
+    let mut other = Cluster::init(&PgVersion::get(18), None);
+    other.start();
+    let name = other.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    other.stop();
+    let foreign = other.data.join("pg_wal").join(&name);
+    let out = repo.run(&["archive-push", foreign.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is this the correct stanza?"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A segment of our cluster, taken out of the archive and pushed twice at the same time.
+    let seg = cluster.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    archive_now(&repo);
+    let archived = repo.repo_path().join("main/archive").join(&seg[..8]).join(&seg);
+    std::fs::remove_file(&archived).unwrap();
+    let local = cluster.data.join("pg_wal").join(&seg);
+    let push = || {
+        let config = repo.config.clone();
+        let path = local.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(server_side_pgfork())
+                .args(["archive-push", path.to_str().unwrap(), "--config", config.to_str().unwrap()])
+                .output()
+                .unwrap()
+        })
+    };
+    let (a, b) = (push(), push());
+    for out in [a.join().unwrap(), b.join().unwrap()] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let get_dir = PgDir::new(None, "get-");
+    let fetched = get_dir.path().join("seg");
+    repo.ok(&["archive-get", &seg, fetched.to_str().unwrap(), "--no-prefetch"]);
+    assert_eq!(std::fs::read(&fetched).unwrap(), std::fs::read(&local).unwrap());
+    // Absent files are exit code 1, as PostgreSQL expects.
+    let out = repo.run(&["archive-get", "00000009000000000000000A", fetched.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn pitr_onto_a_fork_while_the_source_writes(version: &PgVersion) {
+    let (cluster, repo) = archiving_cluster(version);
+    let beats = heartbeats(&cluster, 30, None);
+    archive_now(&repo);
+    let target = beats[15].clone();
+    let writer = {
+        let target = cluster.target("postgres");
+        std::thread::spawn(move || {
+            let session = pgfork::pg::session::Session::connect(&target).unwrap();
+            for _ in 0..40 {
+                session.query_one(HEARTBEAT_SQL, &[]).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let dir = PgDir::new(None, "pitrfork-");
+    let dst = dir.path().join("data1");
+    let port = free_port();
+    let out = repo.ok(&[
+        "pitr",
+        "--fork",
+        "1",
+        "-D",
+        dst.to_str().unwrap(),
+        "-P",
+        &port.to_string(),
+        "--type",
+        "time",
+        "--target",
+        &target.ts,
+        "--start",
+        "--json",
+    ]);
+    writer.join().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["reached"]["state"], "paused", "{report}");
+    assert!(
+        report["restore"]["bytes_unchanged"].as_u64().unwrap() > report["restore"]["bytes_written"].as_u64().unwrap(),
+        "the fork should share most pages: {report}"
+    );
+    let fork = RunningFork {
+        version: version.clone(),
+        data: dst.clone(),
+        socket_dir: cluster.socket_dir.path().to_path_buf(),
+        port,
+    };
+    let last: f64 = fork.psql("postgres", "SELECT extract(epoch FROM max(ts)) FROM heartbeat").parse().unwrap();
+    assert!(last <= target.epoch && target.epoch - last < 1.0, "fork landed at {last}, target {}", target.epoch);
+    assert_eq!(fork.psql("postgres", "SHOW port"), port.to_string());
+    assert_eq!(fork.psql("postgres", "SHOW archive_mode"), "off");
+    // The source went on writing and archiving, untouched.
+    assert!(cluster.psql("postgres", "SELECT count(*) FROM heartbeat").parse::<usize>().unwrap() >= 70);
+    assert_eq!(cluster.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
+    archive_now(&repo);
+}
+on_each_version!(pitr_fork_15, pitr_fork_18, pitr_onto_a_fork_while_the_source_writes);
