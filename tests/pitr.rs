@@ -354,3 +354,40 @@ fn pitr_onto_a_fork_while_the_source_writes(version: &PgVersion) {
     archive_now(&repo);
 }
 on_each_version!(pitr_fork_15, pitr_fork_18, pitr_onto_a_fork_while_the_source_writes);
+
+#[test]
+fn pg_pitr_name_recovers_a_stopped_instance_in_place() {
+    if !can_run("pg_pitr_name_recovers_a_stopped_instance_in_place") {
+        return;
+    }
+    let (mut cluster, repo) = archiving_cluster(&PgVersion::get(18));
+    let beats = heartbeats(&cluster, 20, None);
+    archive_now(&repo);
+    let bin_dir = PgDir::new(None, "bin-");
+    let pg_pitr = bin_dir.path().join("pg-pitr");
+    std::os::unix::fs::symlink(server_side_pgfork(), &pg_pitr).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(&pg_pitr).args(args).env("PGFORK_CONFIG", &repo.config).stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let data = cluster.data.to_str().unwrap().to_string();
+    // Refused while the instance runs.
+    let out = run(&["-D", &data, "-t", &beats[8].ts, "-y"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.stop();
+    // -c prints the plan and writes nothing.
+    let before = std::fs::read(cluster.data.join("postgresql.auto.conf")).unwrap();
+    let out = run(&["-D", &data, "-t", &beats[8].ts, "-c"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("recovery plan") && text.contains("recovery_target_time"), "{text}");
+    assert_eq!(std::fs::read(cluster.data.join("postgresql.auto.conf")).unwrap(), before);
+    // Without -y and without a terminal it asks for confirmation, so it refuses.
+    assert_eq!(run(&["-D", &data, "-t", &beats[8].ts]).status.code(), Some(3));
+    let out = run(&["-D", &data, "-t", &beats[8].ts, "-y"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.start_no_wait_check();
+    let restored = RunningFork { version: cluster.version.clone(), data: cluster.data.clone(), socket_dir: cluster.socket_dir.path().to_path_buf(), port: cluster.port };
+    wait_paused(&restored);
+    let last: f64 = restored.psql("postgres", "SELECT extract(epoch FROM max(ts)) FROM heartbeat").parse().unwrap();
+    assert!(last <= beats[8].epoch && beats[8].epoch - last < 1.0);
+    std::mem::forget(restored); // the cluster's own drop stops it
+}

@@ -172,6 +172,16 @@ impl Cluster {
         self.session("postgres");
     }
 
+    /// Starts the server without waiting for a read-write session (it may be in recovery).
+    pub fn start_no_wait_check(&mut self) {
+        let log = self.root.path().join("server.log");
+        must_run_as_postgres(
+            &self.version.bin("pg_ctl"),
+            &["start", "-w", "-t", "120", "-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap()],
+        );
+        self.running = true;
+    }
+
     /// Stops the server cleanly.
     pub fn stop(&mut self) {
         must_run_as_postgres(
