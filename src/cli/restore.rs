@@ -113,6 +113,7 @@ impl RestoreArgs {
             recovery: self.target.request()?,
             dry_run: self.dry_run,
             tablespace_locations: Default::default(),
+            live_source: None,
         };
         let report = restore(&resolved, &opts, &TerminalProgress::default())
             .with_context(|| format!("restore of stanza {}", resolved.name))?;
@@ -250,6 +251,7 @@ impl PgPitrCli {
             recovery: target_args.request()?,
             dry_run: true,
             tablespace_locations: Default::default(),
+            live_source: None,
         };
         let plan = restore(&resolved, &opts, &TerminalProgress::default()).context("pg-pitr")?;
         print_restore(&plan, false)?;

@@ -65,6 +65,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
         recovery: Some(opts.recovery.clone()),
         dry_run: true,
         tablespace_locations: Default::default(),
+            live_source: None,
     };
     // Everything the recovery needs is checked before the fork is made.
     let plan = restore(resolved, &restore_opts, progress)?;
@@ -72,6 +73,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
     restore_opts.dry_run = false;
     restore_opts.set = Some(plan.label.clone());
     restore_opts.tablespace_locations = fork.tablespaces.iter().cloned().collect();
+    restore_opts.live_source = Some(fork.plan.src.clone());
     let restored = restore(resolved, &restore_opts, progress)?;
     let dst = &fork.plan.dst;
     // The fork's own settings, except its cleared recovery targets: those are the recovery's now.

@@ -21,10 +21,13 @@ use crate::ops::stanza_repo::StanzaRepo;
 use crate::pg::backup_label::tablespace_map;
 use crate::pg::conf::set_auto_conf;
 use crate::pg::datadir::PostmasterPid;
+use crate::pg::lsn::Lsn;
+use crate::pg::page::{BLCKSZ, PageHeader, is_all_zero};
 use crate::progress::Progress;
 use crate::repo::label::SetLabel;
 use crate::repo::manifest::{Extent, FileEntry, Manifest, RunRef};
 use crate::repo::read::RunReader;
+use crate::scan::selects_by_lsn;
 use crate::util::fsx;
 
 /// A restore request.
@@ -42,6 +45,10 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Tablespace locations to use instead of the recorded ones, by OID.
     pub tablespace_locations: std::collections::BTreeMap<u32, PathBuf>,
+    /// With `delta` onto a fork of a running cluster: that cluster's data directory. Pages whose
+    /// LSN there is older than the set's start are unchanged since the set, so the fork already
+    /// holds them: they are neither read from the repository nor compared.
+    pub live_source: Option<PathBuf>,
 }
 
 /// What a restore did.
@@ -156,7 +163,8 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         .flat_map(|entry| slices_of(entry).into_iter().map(move |slice| (entry, slice)))
         .collect();
     slices.par_iter().try_for_each(|(entry, extents)| {
-        let (w, u) = restore_extents(target, entry, extents, &reader, opts.delta)?;
+        let live = opts.live_source.as_deref().map(|dir| LiveHint { dir, since: manifest.start_lsn });
+        let (w, u) = restore_extents(target, entry, extents, &reader, opts.delta, live)?;
         written.fetch_add(w, Ordering::Relaxed);
         unchanged.fetch_add(u, Ordering::Relaxed);
         progress.advance(extents.iter().map(|e| e.len).sum());
@@ -338,20 +346,54 @@ fn prepare_file(target: &Path, entry: &FileEntry, delta: bool) -> Result<()> {
 
 /// Writes `extents` of one file (already at its final size); returns (bytes written, bytes already
 /// right).
+/// With a delta restore onto a fork of a live cluster: the live data directory, whose pages with an
+/// LSN older than the set's start are unchanged since the set and so already right in the fork.
+#[derive(Clone, Copy)]
+struct LiveHint<'a> {
+    dir: &'a Path,
+    since: Lsn,
+}
+
+/// Writes `extents` of one file (already at its final size); returns (bytes written, bytes already
+/// right).
 fn restore_extents(
     target: &Path,
     entry: &FileEntry,
     extents: &[Extent],
     reader: &RunReader<'_>,
     delta: bool,
+    live: Option<LiveHint<'_>>,
 ) -> Result<(u64, u64)> {
     let path = target.join(&entry.path);
     let file = OpenOptions::new().read(true).write(true).open(&path).at("open", &path)?;
+    // Only main forks carry LSNs that tell a page is unchanged.
+    let live = live.filter(|_| delta && selects_by_lsn(&entry.path));
+    let live_file = live.and_then(|l| File::open(l.dir.join(&entry.path)).ok());
     let mut cache: Option<(RunRef, Vec<u8>)> = None;
     let (mut written, mut unchanged) = (0u64, 0u64);
     let mut local = Vec::new();
     for extent in extents {
         let len = usize::try_from(extent.len).map_err(|_| Error::invalid(&entry.path, "extent too large"))?;
+        // Pages the live cluster has not changed since the set began need no work at all.
+        let mut stale: Option<Vec<bool>> = None;
+        if let (Some(hint), Some(live_file)) = (live, &live_file) {
+            local.resize(len, 0);
+            let got = read_fully_at(live_file, &mut local, extent.offset).at("read", hint.dir.join(&entry.path))?;
+            let flags: Vec<bool> = local
+                .chunks(BLCKSZ)
+                .enumerate()
+                .map(|(i, page)| {
+                    let whole = (i + 1) * BLCKSZ <= got;
+                    let header = PageHeader::parse(page);
+                    !(whole && !is_all_zero(page) && header.is_some_and(|h| !h.is_new() && h.lsn < hint.since))
+                })
+                .collect();
+            if !flags.contains(&true) {
+                unchanged += extent.len;
+                continue;
+            }
+            stale = Some(flags);
+        }
         let wanted: Vec<u8> = match &extent.run {
             None if !delta => continue, // a hole in a new file reads as zeros
             None => vec![0u8; len],
@@ -371,6 +413,18 @@ fn restore_extents(
                     .to_vec()
             }
         };
+        if let Some(flags) = stale {
+            for (i, page) in wanted.chunks(BLCKSZ).enumerate() {
+                let at = extent.offset + (i * BLCKSZ) as u64;
+                if flags[i] {
+                    file.write_all_at(page, at).at("write", &path)?;
+                    written += page.len() as u64;
+                } else {
+                    unchanged += page.len() as u64;
+                }
+            }
+            continue;
+        }
         if delta {
             local.resize(len, 0);
             let got = read_fully_at(&file, &mut local, extent.offset).at("read", &path)?;
