@@ -207,7 +207,15 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         }
     }
     lap("wal", &mut timings);
-    fsx::sync_filesystem(target)?;
+    // Flush exactly what was written, files in parallel (a syncfs would also wait for every other
+    // writer of the file system, such as a running server's checkpoint).
+    manifest.files.par_iter().try_for_each(|entry| {
+        let path = target.join(&entry.path);
+        File::open(&path).and_then(|f| f.sync_data()).at("fsync", &path)
+    })?;
+    for dir in manifest.dirs.iter().map(|d| target.join(&d.path)).chain([target.to_path_buf()]) {
+        fsx::fsync_dir(&dir)?;
+    }
     lap("sync", &mut timings);
     Ok(RestoreReport {
         stanza: repo.name.clone(),
