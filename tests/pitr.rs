@@ -367,7 +367,12 @@ fn pg_pitr_name_recovers_a_stopped_instance_in_place() {
     let pg_pitr = bin_dir.path().join("pg-pitr");
     std::os::unix::fs::symlink(server_side_pgfork(), &pg_pitr).unwrap();
     let run = |args: &[&str]| {
-        std::process::Command::new(&pg_pitr).args(args).env("PGFORK_CONFIG", &repo.config).stdin(std::process::Stdio::null()).output().unwrap()
+        std::process::Command::new(&pg_pitr)
+            .args(args)
+            .env("PGFORK_CONFIG", &repo.config)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
     };
     let data = cluster.data.to_str().unwrap().to_string();
     // Refused while the instance runs.
@@ -385,7 +390,12 @@ fn pg_pitr_name_recovers_a_stopped_instance_in_place() {
     let out = run(&["-D", &data, "-t", &beats[8].ts, "-y"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     cluster.start_no_wait_check();
-    let restored = RunningFork { version: cluster.version.clone(), data: cluster.data.clone(), socket_dir: cluster.socket_dir.path().to_path_buf(), port: cluster.port };
+    let restored = RunningFork {
+        version: cluster.version.clone(),
+        data: cluster.data.clone(),
+        socket_dir: cluster.socket_dir.path().to_path_buf(),
+        port: cluster.port,
+    };
     wait_paused(&restored);
     let last: f64 = restored.psql("postgres", "SELECT extract(epoch FROM max(ts)) FROM heartbeat").parse().unwrap();
     assert!(last <= beats[8].epoch && beats[8].epoch - last < 1.0);

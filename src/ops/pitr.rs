@@ -65,7 +65,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
         recovery: Some(opts.recovery.clone()),
         dry_run: true,
         tablespace_locations: Default::default(),
-            live_source: None,
+        live_source: None,
     };
     // Everything the recovery needs is checked before the fork is made.
     let plan = restore(resolved, &restore_opts, progress)?;

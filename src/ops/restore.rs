@@ -153,22 +153,40 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     let unchanged = AtomicU64::new(0);
     progress.begin("restore", manifest.stats.database_size);
     // Create every file first, then fill slices of them in parallel: one large relation must not
-    // keep a single core busy.
-    let slices: Vec<(&FileEntry, &[Extent])> = manifest
+    // keep a single core busy. A file is flushed as soon as its last slice is written, so the disk
+    // works while the other threads decompress; twice as many threads as cores keep both busy.
+    let slices: Vec<(usize, &[Extent])> = manifest
         .files
         .iter()
-        .map(|entry| prepare_file(target, entry, opts.delta).map(|()| entry))
-        .collect::<Result<Vec<_>>>()?
+        .map(|entry| prepare_file(target, entry, opts.delta))
+        .collect::<Result<Vec<()>>>()?
         .into_iter()
-        .flat_map(|entry| slices_of(entry).into_iter().map(move |slice| (entry, slice)))
+        .enumerate()
+        .flat_map(|(i, ())| slices_of(&manifest.files[i]).into_iter().map(move |slice| (i, slice)))
         .collect();
-    slices.par_iter().try_for_each(|(entry, extents)| {
-        let live = opts.live_source.as_deref().map(|dir| LiveHint { dir, since: manifest.start_lsn });
-        let (w, u) = restore_extents(target, entry, extents, &reader, opts.delta, live)?;
-        written.fetch_add(w, Ordering::Relaxed);
-        unchanged.fetch_add(u, Ordering::Relaxed);
-        progress.advance(extents.iter().map(|e| e.len).sum());
-        Ok::<(), Error>(())
+    let remaining: Vec<AtomicU64> = manifest.files.iter().map(|_| AtomicU64::new(0)).collect();
+    for (i, _) in &slices {
+        remaining[*i].fetch_add(1, Ordering::Relaxed);
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::invalid("restore threads", e.to_string()))?;
+    pool.install(|| {
+        slices.par_iter().try_for_each(|(i, extents)| {
+            let entry = &manifest.files[*i];
+            let live = opts.live_source.as_deref().map(|dir| LiveHint { dir, since: manifest.start_lsn });
+            let (w, u) = restore_extents(target, entry, extents, &reader, opts.delta, live)?;
+            written.fetch_add(w, Ordering::Relaxed);
+            unchanged.fetch_add(u, Ordering::Relaxed);
+            progress.advance(extents.iter().map(|e| e.len).sum());
+            if remaining[*i].fetch_sub(1, Ordering::AcqRel) == 1 {
+                let path = target.join(&entry.path);
+                File::open(&path).and_then(|f| f.sync_data()).at("fsync", &path)?;
+            }
+            Ok::<(), Error>(())
+        })
     })?;
     progress.end();
     lap("files", &mut timings);
@@ -207,12 +225,8 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         }
     }
     lap("wal", &mut timings);
-    // Flush exactly what was written, files in parallel (a syncfs would also wait for every other
-    // writer of the file system, such as a running server's checkpoint).
-    manifest.files.par_iter().try_for_each(|entry| {
-        let path = target.join(&entry.path);
-        File::open(&path).and_then(|f| f.sync_data()).at("fsync", &path)
-    })?;
+    // Files were flushed as they completed (a syncfs would also wait for every other writer of
+    // the file system, such as a running server's checkpoint); now the directories.
     for dir in manifest.dirs.iter().map(|d| target.join(&d.path)).chain([target.to_path_buf()]) {
         fsx::fsync_dir(&dir)?;
     }
