@@ -63,12 +63,18 @@ fn wrong_passphrase_is_refused() {
     }
     let (_cluster, mut repo) = setup(1, Some("right"));
     repo.backup("full");
-    repo.passphrase = Some("wrong".into());
+    // The repository reads its passphrase file; put the wrong one there.
+    let pass_file = repo.dir.path().join("passphrase");
+    std::fs::write(&pass_file, "wrong").unwrap();
     for args in [&["backup"][..], &["info"][..]] {
         let out = repo.run(args);
         assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
         assert!(stderr_of(&out).contains("wrong passphrase for the repository of stanza main"), "{}", stderr_of(&out));
     }
+    // Without a file and without the environment variable there is no passphrase at all.
+    let text = std::fs::read_to_string(&repo.config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("passphrase_file")).unwrap().to_string();
+    std::fs::write(&repo.config, text.replace(&line, "")).unwrap();
     repo.passphrase = None;
     let out = repo.run(&["info"]);
     assert!(stderr_of(&out).contains("no passphrase"), "{}", stderr_of(&out));

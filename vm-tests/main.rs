@@ -188,3 +188,49 @@ fn backup_on_xfs_scans_a_reflink_snapshot() {
     assert_eq!(restored.psql("postgres", "SELECT count(*) FROM pgbench_accounts"), "200000");
     restored.amcheck();
 }
+
+#[test]
+fn restore_from_a_plain_repository_clones_on_xfs() {
+    if !can_run("restore_from_a_plain_repository_clones_on_xfs") || !loopfs::available(Kind::XfsReflink) {
+        return;
+    }
+    let fs = LoopFs::new(Kind::XfsReflink, 1024);
+    let version = PgVersion::get(15);
+    let mut cluster = Cluster::init(&version, Some(fs.path()));
+    cluster.start();
+    cluster.pgbench_init("postgres", 3);
+    // The repository on the same XFS, runs stored as they are: restore can clone them.
+    let repo = RepoSetup::new(&cluster, None, "compression = \"none\"");
+    let text = std::fs::read_to_string(&repo.config).unwrap();
+    let repo_dir = PgDir::new(Some(fs.path()), "plainrepo-");
+    std::fs::write(
+        &repo.config,
+        text.replace(&repo.repo_path().display().to_string(), &repo_dir.path().join("repo").display().to_string()),
+    )
+    .unwrap();
+    repo.ok(&["stanza-create"]);
+    repo.backup("full");
+    cluster.psql("postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0");
+    repo.backup("incr");
+    let expected = cluster.psql("postgres", "SELECT sum(abalance) FROM pgbench_accounts");
+
+    let dir = PgDir::new(Some(fs.path()), "restore-");
+    let data = dir.path().join("data");
+    let used_before = fs.used_bytes();
+    let report: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["restore", "--data", data.to_str().unwrap(), "--json"])).unwrap();
+    let cloned = report["bytes_cloned"].as_u64().unwrap();
+    let written = report["bytes_written"].as_u64().unwrap();
+    assert!(cloned > 10 * written, "restore copied instead of cloning: {report}");
+    assert!(fs.used_bytes().saturating_sub(used_before) < cloned / 4, "cloned extents took space");
+    let port = free_port();
+    common::append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    must_run_as_postgres(
+        &version.bin("pg_ctl"),
+        &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
+    );
+    let restored =
+        RunningFork { version: version.clone(), data, socket_dir: cluster.socket_dir.path().to_path_buf(), port };
+    assert_eq!(restored.psql("postgres", "SELECT sum(abalance) FROM pgbench_accounts"), expected);
+    restored.amcheck();
+}

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::Resolved;
+use crate::cow::fs_kind::is_clone_unsupported;
 use crate::error::{Error, IoContext, Result};
 use crate::ops::backup::load_wal;
 use crate::ops::identity::become_owner_of;
@@ -66,6 +67,9 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Bytes found already right (delta).
     pub bytes_unchanged: u64,
+    /// Bytes cloned from an unencoded repository on the same file system (FICLONERANGE): no data
+    /// was copied for them.
+    pub bytes_cloned: u64,
     /// Files removed because the set does not have them (delta).
     pub files_removed: u64,
     /// WAL segments written to pg_wal.
@@ -115,6 +119,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
             files: manifest.files.len() as u64,
             bytes_written: 0,
             bytes_unchanged: 0,
+            bytes_cloned: 0,
             files_removed: 0,
             wal_segments: manifest.wal.len() as u64,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -151,6 +156,8 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     let reader = RunReader::new(&repo.storage, &repo.codec, &repo.name);
     let written = AtomicU64::new(0);
     let unchanged = AtomicU64::new(0);
+    let cloned = AtomicU64::new(0);
+    let clone_works = std::sync::atomic::AtomicBool::new(true);
     progress.begin("restore", manifest.stats.database_size);
     // Create every file first, then fill slices of them in parallel: one large relation must not
     // keep a single core busy. A file is flushed as soon as its last slice is written, so the disk
@@ -177,7 +184,9 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         slices.par_iter().try_for_each(|(i, extents)| {
             let entry = &manifest.files[*i];
             let live = opts.live_source.as_deref().map(|dir| LiveHint { dir, since: manifest.start_lsn });
-            let (w, u) = restore_extents(target, entry, extents, &reader, opts.delta, live)?;
+            let clone = (!opts.delta).then_some(&clone_works);
+            let (w, u, c) = restore_extents(target, entry, extents, &reader, opts.delta, live, clone)?;
+            cloned.fetch_add(c, Ordering::Relaxed);
             written.fetch_add(w, Ordering::Relaxed);
             unchanged.fetch_add(u, Ordering::Relaxed);
             progress.advance(extents.iter().map(|e| e.len).sum());
@@ -238,6 +247,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         files: manifest.files.len() as u64,
         bytes_written: written.into_inner(),
         bytes_unchanged: unchanged.into_inner(),
+        bytes_cloned: cloned.into_inner(),
         files_removed,
         wal_segments: manifest.wal.len() as u64,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -377,7 +387,8 @@ struct LiveHint<'a> {
 }
 
 /// Writes `extents` of one file (already at its final size); returns (bytes written, bytes already
-/// right).
+/// right, bytes cloned). With `clone`, aligned extents of an unencoded local repository are cloned
+/// while `clone` stays true (the first refusal of the file system turns it off).
 fn restore_extents(
     target: &Path,
     entry: &FileEntry,
@@ -385,17 +396,45 @@ fn restore_extents(
     reader: &RunReader<'_>,
     delta: bool,
     live: Option<LiveHint<'_>>,
-) -> Result<(u64, u64)> {
+    clone: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<(u64, u64, u64)> {
     let path = target.join(&entry.path);
     let file = OpenOptions::new().read(true).write(true).open(&path).at("open", &path)?;
     // Only main forks carry LSNs that tell a page is unchanged.
     let live = live.filter(|_| delta && selects_by_lsn(&entry.path));
     let live_file = live.and_then(|l| File::open(l.dir.join(&entry.path)).ok());
     let mut cache: Option<(RunRef, Vec<u8>)> = None;
-    let (mut written, mut unchanged) = (0u64, 0u64);
+    let (mut written, mut unchanged, mut cloned) = (0u64, 0u64, 0u64);
     let mut local = Vec::new();
+    let mut pack: Option<(PathBuf, File)> = None;
     for extent in extents {
         let len = usize::try_from(extent.len).map_err(|_| Error::invalid(&entry.path, "extent too large"))?;
+        if let (Some(flag), Some(run)) = (clone, &extent.run)
+            && flag.load(Ordering::Relaxed)
+            && let Some(pack_path) = reader.plain_pack_path(run)
+        {
+            let from = run.at + u64::from(run.skip);
+            if extent.offset % 4096 == 0 && extent.len % 4096 == 0 && from % 4096 == 0 && extent.len > 0 {
+                if pack.as_ref().is_none_or(|(p, _)| *p != pack_path) {
+                    let opened = File::open(&pack_path).at("open", &pack_path)?;
+                    pack = Some((pack_path, opened));
+                }
+                let (_, pack_file) = pack.as_ref().expect("opened");
+                let length = std::num::NonZeroU64::new(extent.len).expect("non-empty");
+                match reflink_copy::ReflinkBlockBuilder::new(pack_file, &file, length)
+                    .from_offset(from)
+                    .to_offset(extent.offset)
+                    .reflink_block()
+                {
+                    Ok(()) => {
+                        cloned += extent.len;
+                        continue;
+                    }
+                    Err(e) if is_clone_unsupported(&e) => flag.store(false, Ordering::Relaxed),
+                    Err(e) => return Err(Error::io("clone into", &path, e)),
+                }
+            }
+        }
         // Pages the live cluster has not changed since the set began need no work at all.
         let mut stale: Option<Vec<bool>> = None;
         if let (Some(hint), Some(live_file)) = (live, &live_file) {
@@ -458,7 +497,7 @@ fn restore_extents(
         file.write_all_at(&wanted, extent.offset).at("write", &path)?;
         written += extent.len;
     }
-    Ok((written, unchanged))
+    Ok((written, unchanged, cloned))
 }
 
 fn read_fully_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {

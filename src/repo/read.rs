@@ -22,6 +22,15 @@ impl<'a> RunReader<'a> {
         RunReader { storage, codec, stanza }
     }
 
+    /// The local pack file holding `run` as plaintext, when the repository stores runs unencoded in a
+    /// local directory: such runs can be cloned (FICLONERANGE) instead of read and written.
+    pub fn plain_pack_path(&self, run: &RunRef) -> Option<std::path::PathBuf> {
+        if !self.codec.is_plain() {
+            return None;
+        }
+        self.storage.local_path(&Manifest::pack_key(self.stanza, &run.set, run.pack))
+    }
+
     /// The whole plaintext of `run`, verified; `file` names the file for errors.
     pub fn read(&self, run: &RunRef, file: &str) -> Result<Vec<u8>> {
         let what = format!("backup {}, file {file}, pack {} at {}", run.set, run.pack, run.at);
