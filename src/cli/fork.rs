@@ -1,6 +1,5 @@
 //! `pgfork fork` (also installed as `pg-fork`): arguments, confirmation, output.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -87,7 +86,11 @@ impl ForkArgs {
         let plan = prepared.plan();
         if !plan.replaces.is_empty() && !self.yes {
             let list: Vec<String> = plan.replaces.iter().map(|p| p.display().to_string()).collect();
-            confirm(&format!("remove {} and replace it with a fork of {}?", list.join(" and "), plan.src.display()))?;
+            super::confirm(&format!(
+                "remove {} and replace it with a fork of {}?",
+                list.join(" and "),
+                plan.src.display()
+            ))?;
         }
         let report = prepared.run(&TerminalProgress::default()).context("fork")?;
         if self.json {
@@ -95,25 +98,6 @@ impl ForkArgs {
         }
         print_report(&report);
         Ok(())
-    }
-}
-
-fn confirm(question: &str) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(crate::Error::refused(
-            format!("{question} (no terminal to ask)"),
-            Some("pass -y to confirm".into()),
-        )
-        .into());
-    }
-    eprint!("pgfork: {question} [y/N] ");
-    std::io::stderr().flush().ok();
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(crate::Error::refused("cancelled", None).into())
     }
 }
 

@@ -120,6 +120,27 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Asks `question` on the terminal; refuses (nothing done) without a terminal or a yes.
+fn confirm(question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::Error::refused(
+            format!("{question} (no terminal to ask)"),
+            Some("pass -y to confirm".into()),
+        )
+        .into());
+    }
+    eprint!("pgfork: {question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(crate::Error::refused("cancelled", None).into())
+    }
+}
+
 /// Prints `value` as pretty JSON on standard output.
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -1,7 +1,6 @@
 //! `restore` (to a backup's consistent point or, with `--type`, to a recovery target) and the
 //! `pg-pitr` command name with the flags of Pigsty's script.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -259,26 +258,14 @@ impl PgPitrCli {
             return Ok(());
         }
         if !self.yes {
-            confirm(&format!("overwrite {} with backup {} recovered to this target?", data.display(), plan.label))?;
+            super::confirm(&format!(
+                "overwrite {} with backup {} recovered to this target?",
+                data.display(),
+                plan.label
+            ))?;
         }
         opts.dry_run = false;
         let report = restore(&resolved, &opts, &TerminalProgress::default()).context("pg-pitr")?;
         print_restore(&report, false)
     }
-}
-
-fn confirm(question: &str) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(crate::Error::refused(
-            format!("{question} (no terminal to ask)"),
-            Some("pass -y to confirm".into()),
-        )
-        .into());
-    }
-    eprint!("pg-pitr: {question} [y/N] ");
-    std::io::stderr().flush().ok();
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    anyhow::ensure!(matches!(answer.trim(), "y" | "Y" | "yes"), crate::Error::refused("cancelled", None));
-    Ok(())
 }
