@@ -27,23 +27,7 @@ fn cold_fork_of_a_stopped_cluster(version: &PgVersion) {
     let dst_dir = PgDir::new(None, "fork-");
     let dst = dst_dir.path().join("cold");
     let port = free_port();
-    let out = pgfork_ok(&[
-        "fork",
-        "2",
-        "-s",
-        "-d",
-        source.data.to_str().unwrap(),
-        "-D",
-        dst.to_str().unwrap(),
-        "-p",
-        &source.port.to_string(),
-        "-P",
-        &port.to_string(),
-        "--bindir",
-        version.bindir.to_str().unwrap(),
-        "-y",
-        "--json",
-    ]);
+    let out = pgfork_ok(&strs(&fork_args(2, &source, &dst, port, &["-s", "--json"])));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["mode"], "cold");
     assert_eq!(report["crash_recovery"], false);
@@ -76,23 +60,7 @@ fn fork_with_a_tablespace(version: &PgVersion) {
     let dst_dir = PgDir::new(None, "fork-");
     let dst = dst_dir.path().join("withts");
     let port = free_port();
-    let out = pgfork_ok(&[
-        "fork",
-        "3",
-        "-d",
-        source.data.to_str().unwrap(),
-        "-D",
-        dst.to_str().unwrap(),
-        "-p",
-        &source.port.to_string(),
-        "-P",
-        &port.to_string(),
-        "--bindir",
-        version.bindir.to_str().unwrap(),
-        "-y",
-        "--start",
-        "--json",
-    ]);
+    let out = pgfork_ok(&strs(&fork_args(3, &source, &dst, port, &["--start", "--json"])));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let fork = RunningFork {
         version: version.clone(),

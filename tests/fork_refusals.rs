@@ -45,31 +45,8 @@ impl Setup {
     }
 
     fn args(&self, dst: &Path, dst_port: u16, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "fork",
-            "1",
-            "-d",
-            self.source.data.to_str().unwrap(),
-            "-D",
-            dst.to_str().unwrap(),
-            "-p",
-            &self.source.port.to_string(),
-            "-P",
-            &dst_port.to_string(),
-            "--bindir",
-            self.version.bindir.to_str().unwrap(),
-            "-y",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+        fork_args(1, &self.source, dst, dst_port, extra)
     }
-}
-
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
 }
 
 #[test]

@@ -29,19 +29,7 @@ fn fork_on(kind: Kind, version: &PgVersion) -> Option<(serde_json::Value, String
     let dst_dir = PgDir::new(Some(fs.path()), "fork-");
     let dst = dst_dir.path().join("data2");
     let used_before = fs.used_bytes();
-    pgfork_ok(&[
-        "fork",
-        "2",
-        "-d",
-        source.data.to_str().unwrap(),
-        "-D",
-        dst.to_str().unwrap(),
-        "-p",
-        &source.port.to_string(),
-        "-P",
-        &free_port().to_string(),
-        "-y",
-    ]);
+    pgfork_ok(&strs(&fork_args(2, &source, &dst, free_port(), &[])));
     let fork_cost = fs.used_bytes().saturating_sub(used_before);
     let source_size = dir_size(&source.data);
     drop(source);
@@ -195,8 +183,7 @@ fn restore_from_a_plain_repository_clones_on_xfs() {
         return;
     }
     let fs = LoopFs::new(Kind::XfsReflink, 1024);
-    let version = PgVersion::get(15);
-    let mut cluster = Cluster::init(&version, Some(fs.path()));
+    let mut cluster = Cluster::init(&PgVersion::get(15), Some(fs.path()));
     cluster.start();
     cluster.pgbench_init("postgres", 3);
     // The repository on the same XFS, runs stored as they are: restore can clone them.
@@ -214,6 +201,7 @@ fn restore_from_a_plain_repository_clones_on_xfs() {
     repo.backup("incr");
     let expected = cluster.psql("postgres", "SELECT sum(abalance) FROM pgbench_accounts");
 
+    // Space is measured around the restore alone: a started server adds WAL of its own.
     let dir = PgDir::new(Some(fs.path()), "restore-");
     let data = dir.path().join("data");
     let used_before = fs.used_bytes();
@@ -225,12 +213,12 @@ fn restore_from_a_plain_repository_clones_on_xfs() {
     assert!(fs.used_bytes().saturating_sub(used_before) < cloned / 4, "cloned extents took space");
     let port = free_port();
     common::append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    let version = cluster.version.clone();
     must_run_as_postgres(
         &version.bin("pg_ctl"),
         &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
     );
-    let restored =
-        RunningFork { version: version.clone(), data, socket_dir: cluster.socket_dir.path().to_path_buf(), port };
+    let restored = RunningFork { version, data, socket_dir: cluster.socket_dir.path().to_path_buf(), port };
     assert_eq!(restored.psql("postgres", "SELECT sum(abalance) FROM pgbench_accounts"), expected);
     restored.amcheck();
 }

@@ -490,3 +490,30 @@ impl RepoSetup {
         (dir, fork)
     }
 }
+
+/// `pgfork fork <id>` of `source` into `dst` on `dst_port` (with -y and the source's binaries),
+/// followed by `extra`.
+pub fn fork_args(id: u32, source: &Cluster, dst: &Path, dst_port: u16, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "fork".into(),
+        id.to_string(),
+        "-d".into(),
+        source.data.display().to_string(),
+        "-D".into(),
+        dst.display().to_string(),
+        "-p".into(),
+        source.port.to_string(),
+        "-P".into(),
+        dst_port.to_string(),
+        "--bindir".into(),
+        source.version.bindir.display().to_string(),
+        "-y".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Borrows a list of owned arguments.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}

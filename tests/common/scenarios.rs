@@ -30,23 +30,7 @@ pub fn hot_fork_under_pgbench(version: &PgVersion, base: Option<&Path>, scale: u
     let dst_dir = PgDir::new(base, "fork-");
     let dst = dst_dir.path().join("data1");
     let fork_port = free_port();
-    let out = pgfork(&[
-        "fork",
-        "1",
-        "-d",
-        source.data.to_str().unwrap(),
-        "-D",
-        dst.to_str().unwrap(),
-        "-p",
-        &source.port.to_string(),
-        "-P",
-        &fork_port.to_string(),
-        "--bindir",
-        version.bindir.to_str().unwrap(),
-        "-y",
-        "--start",
-        "--json",
-    ]);
+    let out = pgfork(&strs(&fork_args(1, &source, &dst, fork_port, &["--start", "--json"])));
     let after: i64 = source.psql("postgres", "SELECT n FROM counter").parse().unwrap();
     let _ = bench.kill();
     let _ = bench.wait();
