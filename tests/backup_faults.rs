@@ -118,6 +118,10 @@ fn truncated_and_missing_manifests() {
     assert!(info["errors"][0].as_str().unwrap().contains(&second), "{info}");
     let out = repo.run(&["restore", "--set", &second, "--data", "/tmp/pgfork-never"]);
     assert!(stderr_of(&out).contains(&format!("manifest of backup {second}")), "{}", stderr_of(&out));
+    // Retention goes on around a damaged set and keeps it.
+    let expire: serde_json::Value = serde_json::from_str(&repo.ok(&["expire", "--dry-run", "--json"])).unwrap();
+    assert!(expire["unreadable"][0].as_str().unwrap().starts_with(&second), "{expire}");
+    assert!(!expire["removed"].to_string().contains(&second));
 
     // A set whose manifest is missing does not exist: absent from info, removed by the next backup.
     std::fs::remove_file(set_dir(&repo, &third).join("manifest")).unwrap();

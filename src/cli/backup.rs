@@ -142,6 +142,9 @@ fn print_expired(report: &ExpireReport) {
     if !report.removed.is_empty() {
         println!("  expire         {verb} {} set(s), {}", report.removed.len(), human_bytes(report.freed_bytes));
     }
+    for damaged in &report.unreadable {
+        println!("  expire         kept {damaged} (its manifest cannot be read: check it with pgfork info)");
+    }
     if report.wal_removed > 0 {
         println!("  expire         {verb} {} archived WAL file(s) no kept set needs", report.wal_removed);
     }

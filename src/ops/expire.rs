@@ -29,6 +29,8 @@ pub struct ExpireReport {
     pub dry_run: bool,
     /// Archived WAL files removed because no kept set needs them.
     pub wal_removed: u64,
+    /// Sets whose manifest cannot be read: kept, and named here.
+    pub unreadable: Vec<String>,
 }
 
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
@@ -37,24 +39,34 @@ pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Res
     let repo = StanzaRepo::open(resolved)?;
     let _lock = repo.lock("expire")?;
     repo.remove_uncommitted()?;
-    let manifests = repo.manifests()?;
+    let readable = repo.readable_manifests()?;
+    let manifests = &readable.manifests;
     let remove = match set {
         Some(label) => {
             if !manifests.iter().any(|m| &m.label == label) {
                 return Err(Error::refused(format!("backup {label} does not exist in stanza {}", repo.name), None));
             }
-            with_dependents(&manifests, label)
+            with_dependents(manifests, label)
         }
-        None => retention_victims(&manifests, &repo.settings, Utc::now()),
+        None => {
+            let mut victims = retention_victims(manifests, &repo.settings, Utc::now());
+            readable.protect(&mut victims);
+            victims
+        }
     };
-    remove_sets(&repo, &manifests, &remove, dry_run)
+    let mut report = remove_sets(&repo, manifests, &remove, dry_run)?;
+    report.unreadable = readable.unreadable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+    Ok(report)
 }
 
 /// Applies the retention policy after a backup (the caller holds the lock).
 pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>) -> Result<ExpireReport> {
-    let manifests = repo.manifests()?;
-    let remove = retention_victims(&manifests, &repo.settings, now);
-    remove_sets(repo, &manifests, &remove, false)
+    let readable = repo.readable_manifests()?;
+    let mut remove = retention_victims(&readable.manifests, &repo.settings, now);
+    readable.protect(&mut remove);
+    let mut report = remove_sets(repo, &readable.manifests, &remove, false)?;
+    report.unreadable = readable.unreadable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+    Ok(report)
 }
 
 fn remove_sets(

@@ -61,6 +61,19 @@ impl StanzaRepo {
         self.labels()?.iter().map(|l| self.manifest(l)).collect()
     }
 
+    /// Every committed manifest that can be read, oldest first, and the sets that cannot (with the
+    /// reason): retention must go on around a damaged set, and must not remove it blindly.
+    pub fn readable_manifests(&self) -> Result<Readable> {
+        let mut readable = Readable::default();
+        for label in self.labels()? {
+            match self.manifest(&label) {
+                Ok(manifest) => readable.manifests.push(manifest),
+                Err(e) => readable.unreadable.push((label, e.to_string())),
+            }
+        }
+        Ok(readable)
+    }
+
     /// Removes set directories that have no manifest: what a crashed or killed backup left.
     /// Call with the lock held. Returns the labels removed.
     pub fn remove_uncommitted(&self) -> Result<Vec<SetLabel>> {
@@ -101,5 +114,31 @@ pub fn server_target(resolved: &Resolved, data_dir: &Path, user: &str) -> ConnTa
         port: resolved.stanza.port,
         user: resolved.stanza.user.clone().unwrap_or_else(|| user.to_string()),
         dbname: "postgres".into(),
+    }
+}
+
+/// The sets of a stanza split by whether their manifest can be read.
+#[derive(Debug, Default)]
+pub struct Readable {
+    /// Readable manifests, oldest first.
+    pub manifests: Vec<Manifest>,
+    /// Unreadable sets and why.
+    pub unreadable: Vec<(SetLabel, String)>,
+}
+
+impl Readable {
+    /// Removes from `remove` every set that may depend on an unreadable one: its dependencies are
+    /// unknown, so it is kept until the damaged set is repaired or removed by hand.
+    pub fn protect(&self, remove: &mut std::collections::BTreeSet<SetLabel>) {
+        remove.retain(|label| {
+            !self.unreadable.iter().any(|(bad, _)| label.full_part() == bad.full_part())
+                && !self.manifests.iter().any(|m| {
+                    &m.label == label
+                        && m.references
+                            .iter()
+                            .chain(m.prior.iter())
+                            .any(|d| self.unreadable.iter().any(|(bad, _)| bad == d))
+                })
+        });
     }
 }
