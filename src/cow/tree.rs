@@ -23,6 +23,8 @@ pub struct FileJob {
     pub dst: PathBuf,
     /// Allocated bytes (what a copy would write).
     pub allocated: u64,
+    /// Logical size when planned.
+    pub size: u64,
     /// Permission bits.
     pub mode: u32,
 }
@@ -111,6 +113,7 @@ impl TreePlan {
                     src: entry.path().to_path_buf(),
                     dst,
                     allocated: meta.blocks() * 512,
+                    size: meta.len(),
                     mode: meta.mode() & 0o7777,
                 });
             }
@@ -126,6 +129,7 @@ impl TreePlan {
             src: src.to_path_buf(),
             dst: dst.to_path_buf(),
             allocated: meta.blocks() * 512,
+            size: meta.len(),
             mode: meta.mode() & 0o7777,
         });
         Ok(())

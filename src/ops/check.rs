@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Resolved;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::identity::become_owner_of;
-use crate::ops::stanza_repo::{StanzaRepo, server_target};
+use crate::ops::stanza_repo::{StanzaRepo, check_server, server_target};
 use crate::pg::datadir::DataDir;
 use crate::pg::session::Session;
 use crate::repo::archive::Archive;
@@ -41,16 +41,7 @@ pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
     let target = server_target(resolved, data.path(), &identity.name);
     let session = Session::connect_retry(&target, Duration::from_secs(5))?;
     let mut problems = Vec::new();
-    let id: i64 = session.query_one("SELECT system_identifier FROM pg_control_system()", &[])?.get(0);
-    if id as u64 != repo.record.current.system_identifier {
-        return Err(Error::refused(
-            format!(
-                "the server's system identifier {} does not match stanza {} ({}): is this the correct stanza?",
-                id as u64, repo.name, repo.record.current.system_identifier
-            ),
-            None,
-        ));
-    }
+    check_server(&session, &data, repo.record.current.system_identifier)?;
     let archive_mode = session.show("archive_mode")?;
     let archive_command = session.show("archive_command")?;
     if archive_mode == "off" {

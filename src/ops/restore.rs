@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::config::Resolved;
 use crate::cow::fs_kind::is_clone_unsupported;
 use crate::error::{Error, IoContext, Result};
-use crate::ops::backup::load_wal;
 use crate::ops::identity::become_owner_of;
 use crate::ops::recovery::{self, RecoveryPlan, RecoveryRequest, choose_set, restore_command};
 use crate::ops::stanza_repo::StanzaRepo;
@@ -91,25 +90,28 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     let started = Instant::now();
     become_owner_of(&resolved.repo.path)?;
     let repo = StanzaRepo::open(resolved)?;
-    let (label, plan) = match &opts.recovery {
+    let (manifest, plan) = match &opts.recovery {
         Some(request) => {
-            let manifests = repo.manifests()?;
+            let mut manifests = repo.manifests()?;
             let label = choose_set(&manifests, opts.set.as_ref(), &request.target)?;
-            let manifest = manifests.iter().find(|m| m.label == label).expect("chosen among them");
+            let chosen = manifests.iter().position(|m| m.label == label).expect("chosen among them");
+            let manifest = manifests.swap_remove(chosen);
             let command = restore_command(resolved.config_path.as_deref(), &resolved.name);
-            (label, Some(recovery::plan(&repo, manifest, request, &command)?))
+            let plan = recovery::plan(&repo, &manifest, request, &command)?;
+            (manifest, Some(plan))
         }
-        None => match &opts.set {
-            Some(label) => (label.clone(), None),
-            None => (
-                repo.labels()?
+        None => {
+            let label = match &opts.set {
+                Some(label) => label.clone(),
+                None => repo
+                    .labels()?
                     .pop()
                     .ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
-                None,
-            ),
-        },
+            };
+            (repo.manifest(&label)?, None)
+        }
     };
-    let manifest = repo.manifest(&label)?;
+    let label = manifest.label.clone();
     let target = &opts.data;
     if opts.dry_run {
         return Ok(RestoreReport {
@@ -202,7 +204,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
 
     let wal_dir = target.join("pg_wal");
     for entry in &manifest.wal {
-        let bytes = load_wal(&repo, &label, entry)?;
+        let bytes = reader.read_wal(&label, entry)?;
         fsx::write_atomic(&wal_dir.join(&entry.name), &bytes, 0o600)?;
     }
     fsx::write_atomic(&target.join("backup_label"), manifest.backup_label.as_bytes(), 0o600)?;

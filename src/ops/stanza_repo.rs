@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{RepoConfig, Resolved};
 use crate::error::{Error, Result};
-use crate::pg::session::ConnTarget;
+use crate::pg::datadir::DataDir;
+use crate::pg::session::{ConnTarget, Session};
 use crate::repo::codec::Codec;
 use crate::repo::label::SetLabel;
 use crate::repo::lock::StanzaLock;
@@ -87,6 +88,34 @@ impl StanzaRepo {
         }
         Ok(removed)
     }
+}
+
+/// Refuses a server that does not serve the stanza's data directory or cluster.
+pub fn check_server(session: &Session, data: &DataDir, system_identifier: u64) -> Result<()> {
+    let served = PathBuf::from(session.show("data_directory")?);
+    let served = std::fs::canonicalize(&served).unwrap_or(served);
+    if served != data.path() {
+        return Err(Error::refused(
+            format!(
+                "the server on {} serves {}, not the stanza's data directory {}",
+                session.target().describe(),
+                served.display(),
+                data.path().display()
+            ),
+            Some("set port and socket of the stanza to its own server".into()),
+        ));
+    }
+    let id: i64 = session.query_one("SELECT system_identifier FROM pg_control_system()", &[])?.get(0);
+    if id as u64 != system_identifier {
+        return Err(Error::refused(
+            format!(
+                "the server's system identifier {} does not match the stanza's ({system_identifier}): is this the correct stanza?",
+                id as u64
+            ),
+            None,
+        ));
+    }
+    Ok(())
 }
 
 /// The lock file of a stanza in a local repository.

@@ -58,11 +58,6 @@ impl PgBin {
         Ok(PgBin { dir: dir.to_path_buf(), major })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The major version.
     pub fn major(&self) -> u32 {
         self.major

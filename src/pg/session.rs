@@ -158,20 +158,14 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Quotes an SQL string literal (`quote_literal`, standard_conforming_strings on).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn quotes_identifiers_and_literals() {
+    fn quotes_identifiers() {
         assert_eq!(quote_ident("meta"), "\"meta\"");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
     #[test]

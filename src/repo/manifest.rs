@@ -249,7 +249,6 @@ impl Manifest {
             .iter()
             .filter_map(|key| key.split('/').nth(2).and_then(|l| l.parse().ok()))
             .collect();
-        labels.dedup();
         labels.sort();
         labels.dedup();
         Ok(labels)

@@ -5,11 +5,15 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
 use crate::repo::codec::Codec;
-use crate::repo::manifest::{MAX_RUN, Manifest, RunRef};
+use crate::repo::label::SetLabel;
+use crate::repo::manifest::{MAX_RUN, Manifest, RunRef, WalEntry};
 use crate::repo::pack::run_aad;
 use crate::repo::storage::Storage;
 
-/// Reads runs of one stanza.
+/// Largest WAL segment accepted (1 GiB, PostgreSQL's maximum).
+pub const MAX_SEGMENT: usize = 1 << 30;
+
+/// Reads runs (and the WAL segments sets carry) of one stanza.
 pub struct RunReader<'a> {
     storage: &'a dyn Storage,
     codec: &'a Codec,
@@ -29,6 +33,18 @@ impl<'a> RunReader<'a> {
             return None;
         }
         self.storage.local_path(&Manifest::pack_key(self.stanza, &run.set, run.pack))
+    }
+
+    /// A WAL segment stored in `set`, verified against its manifest entry.
+    pub fn read_wal(&self, set: &SetLabel, entry: &WalEntry) -> Result<Vec<u8>> {
+        let key = Manifest::wal_key(self.stanza, set, &entry.name);
+        let what = format!("backup {set}, WAL segment {}", entry.name);
+        let stored = self.storage.get(&key)?.ok_or_else(|| Error::invalid(&what, "missing from the repository"))?;
+        let bytes = self.codec.decode(key.as_bytes(), &stored, MAX_SEGMENT, &what)?;
+        if bytes.len() as u64 != entry.size || xxh3_64(&bytes) != entry.sum {
+            return Err(Error::invalid(what, "checksum mismatch"));
+        }
+        Ok(bytes)
     }
 
     /// The whole plaintext of `run`, verified; `file` names the file for errors.

@@ -186,9 +186,10 @@ fn scan_slice(req: &ScanRequest<'_>, size: u64, (start, end): (u64, u64), sink: 
                 Some(h) if by_lsn => h.is_new() || h.lsn.0 == 0 || h.lsn >= req.since.expect("by_lsn"),
                 _ => true,
             };
-            match (take, req.prior.and_then(|p| p.extent_at(offset))) {
-                (false, Some(prior)) => out.extents.push(slice_of(prior, offset, data.len() as u64)),
-                _ => {
+            // A page kept from the prior set needs the prior extent holding it; look it up only then.
+            match (!take).then(|| req.prior.and_then(|p| p.extent_at(offset))).flatten() {
+                Some(prior) => out.extents.push(slice_of(prior, offset, data.len() as u64)),
+                None => {
                     let reread;
                     let mut bytes = data;
                     if paged {

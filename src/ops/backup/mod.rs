@@ -5,7 +5,6 @@
 pub mod snapshot;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,7 +16,7 @@ use crate::config::Resolved;
 use crate::error::{Error, Result};
 use crate::ops::expire::{ExpireReport, apply_retention};
 use crate::ops::identity::become_owner_of;
-use crate::ops::stanza_repo::{StanzaRepo, server_target};
+use crate::ops::stanza_repo::{StanzaRepo, check_server, server_target};
 use crate::pg::backup_label::BackupLabel;
 use crate::pg::datadir::DataDir;
 use crate::pg::lsn::Lsn;
@@ -28,9 +27,6 @@ use crate::repo::manifest::{Manifest, SetStats, WalEntry};
 use crate::repo::pack::PackSink;
 use crate::repo::storage::Storage;
 use crate::scan::{ScanRequest, ScannedFile, scan_file};
-
-/// Largest WAL segment accepted (1 GiB, PostgreSQL's maximum).
-const MAX_SEGMENT: usize = 1 << 30;
 
 /// A backup request.
 #[derive(Debug, Clone)]
@@ -141,7 +137,7 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     let source = snapshot::prepare(&data, resolved.stanza.snapshot)?;
     lap("snapshot", &mut timings);
     let sink = PackSink::new(&repo.storage, &repo.codec, &repo.name, &label);
-    let total: u64 = source.files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum();
+    let total: u64 = source.files.iter().map(|f| f.size).sum();
     progress.begin("backup", total);
     let scan_one = |file: &snapshot::SourceFile| -> Result<Option<ScannedFile>> {
         let request = ScanRequest {
@@ -254,34 +250,6 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     })
 }
 
-/// Refuses a server that does not serve the stanza's data directory or cluster.
-fn check_server(session: &Session, data: &DataDir, system_identifier: u64) -> Result<()> {
-    let served = PathBuf::from(session.show("data_directory")?);
-    let served = std::fs::canonicalize(&served).unwrap_or(served);
-    if served != data.path() {
-        return Err(Error::refused(
-            format!(
-                "the server on {} serves {}, not the stanza's data directory {}",
-                session.target().describe(),
-                served.display(),
-                data.path().display()
-            ),
-            Some("set port and socket of the stanza to its own server".into()),
-        ));
-    }
-    let id: i64 = session.query_one("SELECT system_identifier FROM pg_control_system()", &[])?.get(0);
-    if id as u64 != system_identifier {
-        return Err(Error::refused(
-            format!(
-                "the server's system identifier {} does not match the stanza's ({system_identifier}): is this the correct stanza?",
-                id as u64
-            ),
-            None,
-        ));
-    }
-    Ok(())
-}
-
 /// The type and prior set: a diff is based on the newest full, an incr on the newest set; with no
 /// full at all, a full.
 fn choose_prior(requested: BackupType, labels: &[SetLabel], notes: &mut Vec<String>) -> (BackupType, Option<SetLabel>) {
@@ -347,7 +315,7 @@ fn store_wal(
                 ),
                 _ => Error::io("read", &path, e),
             })?;
-            if bytes.len() > MAX_SEGMENT {
+            if bytes.len() > crate::repo::read::MAX_SEGMENT {
                 return Err(Error::invalid(path.display().to_string(), "larger than a WAL segment can be"));
             }
             let key = Manifest::wal_key(&repo.name, label, name);
@@ -355,16 +323,4 @@ fn store_wal(
             Ok(WalEntry { name: name.clone(), size: bytes.len() as u64, sum: xxh3_64(&bytes) })
         })
         .collect()
-}
-
-/// Reads a WAL segment stored in a set, verified.
-pub fn load_wal(repo: &StanzaRepo, label: &SetLabel, entry: &WalEntry) -> Result<Vec<u8>> {
-    let key = Manifest::wal_key(&repo.name, label, &entry.name);
-    let what = format!("backup {label}, WAL segment {}", entry.name);
-    let stored = repo.storage.get(&key)?.ok_or_else(|| Error::invalid(&what, "missing from the repository"))?;
-    let bytes = repo.codec.decode(key.as_bytes(), &stored, MAX_SEGMENT, &what)?;
-    if bytes.len() as u64 != entry.size || xxh3_64(&bytes) != entry.sum {
-        return Err(Error::invalid(what, "checksum mismatch"));
-    }
-    Ok(bytes)
 }

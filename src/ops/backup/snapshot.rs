@@ -20,6 +20,8 @@ pub struct SourceFile {
     pub rel: String,
     /// Where to read it.
     pub path: PathBuf,
+    /// Its size when listed.
+    pub size: u64,
 }
 
 /// The files of a backup and how to read them; removes its snapshot on drop.
@@ -101,6 +103,7 @@ pub fn prepare(data: &DataDir, want_snapshot: bool) -> Result<BackupSource> {
         .map(|job| SourceFile {
             rel: rel_of(&job.dst),
             path: if snapshot.is_some() { job.dst.clone() } else { job.src.clone() },
+            size: job.size,
         })
         .collect();
     files.sort_by(|a, b| (a.rel == "global/pg_control").cmp(&(b.rel == "global/pg_control")).then(a.rel.cmp(&b.rel)));
