@@ -135,24 +135,11 @@ fn delta_restore_rewrites_only_what_differs() {
     assert_eq!(report["files_removed"], 1);
     assert!(!data.join("base/stray").exists() && data.join("PG_VERSION").exists());
     let _ = label;
-    restore_and_compare_in_place(&version, &data, &expected, cluster.socket_dir.path());
+    restore_and_compare_in_place(&cluster, &data, &expected);
 }
 
-fn restore_and_compare_in_place(
-    version: &PgVersion,
-    data: &std::path::Path,
-    expected: &BTreeMap<String, String>,
-    socket: &std::path::Path,
-) {
-    let port = free_port();
-    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    let log = data.parent().unwrap().join("log");
-    must_run_as_postgres(
-        &version.bin("pg_ctl"),
-        &["start", "-w", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()],
-    );
-    let restored =
-        RunningFork { version: version.clone(), data: data.to_path_buf(), socket_dir: socket.to_path_buf(), port };
+fn restore_and_compare_in_place(cluster: &Cluster, data: &std::path::Path, expected: &BTreeMap<String, String>) {
+    let restored = start_copy(cluster, data);
     assert_eq!(&digests(&|sql| restored.psql("postgres", sql)), expected);
     restored.amcheck();
 }

@@ -34,21 +34,7 @@ fn set_count(repo: &RepoSetup) -> usize {
 
 /// Restores `label` and checks the result starts and holds pgbench_accounts intact.
 fn assert_restores(cluster: &Cluster, repo: &RepoSetup, label: &str) {
-    let dir = PgDir::new(None, "restore-");
-    let data = dir.path().join("data");
-    repo.ok(&["restore", "--set", label, "--data", data.to_str().unwrap()]);
-    let port = free_port();
-    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    must_run_as_postgres(
-        &cluster.version.bin("pg_ctl"),
-        &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
-    );
-    let restored = RunningFork {
-        version: cluster.version.clone(),
-        data,
-        socket_dir: cluster.socket_dir.path().to_path_buf(),
-        port,
-    };
+    let (_dir, restored) = repo.restore_started(cluster, Some(label), None);
     assert_eq!(
         restored.psql("postgres", "SELECT count(*) FROM pgbench_accounts"),
         cluster.psql("postgres", "SELECT count(*) FROM pgbench_accounts")
@@ -235,21 +221,7 @@ fn relations_truncated_and_dropped_during_a_backup() {
     let label =
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["label"].as_str().unwrap().to_string();
 
-    let dir = PgDir::new(None, "restore-");
-    let data = dir.path().join("data");
-    repo.ok(&["restore", "--set", &label, "--data", data.to_str().unwrap()]);
-    let port = free_port();
-    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    must_run_as_postgres(
-        &cluster.version.bin("pg_ctl"),
-        &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
-    );
-    let restored = RunningFork {
-        version: cluster.version.clone(),
-        data,
-        socket_dir: cluster.socket_dir.path().to_path_buf(),
-        port,
-    };
+    let (_dir, restored) = repo.restore_started(&cluster, Some(&label), None);
     assert_eq!(
         restored
             .psql("postgres", "SELECT md5(string_agg(aid::text || abalance, ',' ORDER BY aid)) FROM pgbench_accounts"),

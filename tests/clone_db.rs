@@ -4,23 +4,6 @@ mod common;
 
 use common::*;
 
-fn clone_args<'a>(cluster: &'a Cluster, port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "clone-db",
-        "meta",
-        "meta_dev",
-        "--host",
-        cluster.socket_dir.path().to_str().unwrap(),
-        "-p",
-        port,
-        "-U",
-        PG_USER,
-        "--json",
-    ];
-    args.extend(extra);
-    args
-}
-
 fn setup(version: &PgVersion) -> Cluster {
     let mut cluster = Cluster::init(version, None);
     cluster.start();
@@ -31,8 +14,7 @@ fn setup(version: &PgVersion) -> Cluster {
 
 fn clone_without_connections(version: &PgVersion) {
     let cluster = setup(version);
-    let port = cluster.port.to_string();
-    let out = pgfork_ok(&clone_args(&cluster, &port, &[]));
+    let out = pgfork_ok(&strs(&clone_db_args(&cluster, &[])));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["database"], "meta_dev");
     assert!(report["create_ms"].as_f64().unwrap() > 0.0);
@@ -45,7 +27,7 @@ fn clone_without_connections(version: &PgVersion) {
     }
     assert_eq!(cluster.psql("meta_dev", "SELECT count(*) FROM pgbench_accounts"), "100000");
     // A second clone to the same name is refused.
-    let out = pgfork(&clone_args(&cluster, &port, &[]));
+    let out = pgfork(&strs(&clone_db_args(&cluster, &[])));
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
@@ -53,18 +35,17 @@ on_each_version!(clone_db_15, clone_db_18, clone_without_connections);
 
 fn clone_with_connections(version: &PgVersion) {
     let cluster = setup(version);
-    let port = cluster.port.to_string();
     let holder = cluster.session("meta");
     let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
 
-    let out = pgfork(&clone_args(&cluster, &port, &[]));
+    let out = pgfork(&strs(&clone_db_args(&cluster, &[])));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains(&format!("pid {holder_pid}")), "the refusal must list the session: {stderr}");
     assert!(stderr.contains("--terminate"), "{stderr}");
     assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'meta_dev'"), "0");
 
-    let out = pgfork_ok(&clone_args(&cluster, &port, &["--terminate"]));
+    let out = pgfork_ok(&strs(&clone_db_args(&cluster, &["--terminate"])));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["terminated"][0]["pid"], holder_pid);
     assert!(holder.query_one("SELECT 1", &[]).is_err(), "the template's session survived");

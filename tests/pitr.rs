@@ -65,18 +65,7 @@ fn recover(cluster: &Cluster, repo: &RepoSetup, args: &[&str]) -> (i32, f64) {
     all.extend(args);
     repo.ok(&all);
     assert!(data.join("recovery.signal").exists());
-    let port = free_port();
-    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    must_run_as_postgres(
-        &cluster.version.bin("pg_ctl"),
-        &["start", "-w", "-t", "120", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
-    );
-    let restored = RunningFork {
-        version: cluster.version.clone(),
-        data,
-        socket_dir: cluster.socket_dir.path().to_path_buf(),
-        port,
-    };
+    let restored = start_copy(cluster, &data);
     wait_paused(&restored);
     let last =
         restored.psql("postgres", "SELECT id || ' ' || extract(epoch FROM ts) FROM heartbeat ORDER BY id DESC LIMIT 1");

@@ -101,19 +101,7 @@ fn clone_db_on_xfs_clones_with_postgresql_18() {
     cluster.psql("postgres", "CREATE DATABASE meta");
     cluster.pgbench_init("meta", 5);
     let used = fs.used_bytes();
-    let port = cluster.port.to_string();
-    let out = pgfork_ok(&[
-        "clone-db",
-        "meta",
-        "meta_dev",
-        "--host",
-        cluster.socket_dir.path().to_str().unwrap(),
-        "-p",
-        &port,
-        "-U",
-        PG_USER,
-        "--json",
-    ]);
+    let out = pgfork_ok(&strs(&clone_db_args(&cluster, &[])));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["cloned"], true, "{report}");
     assert_eq!(cluster.psql("meta_dev", "SELECT count(*) FROM pgbench_accounts"), "500000");
@@ -162,17 +150,7 @@ fn backup_on_xfs_scans_a_reflink_snapshot() {
         !fs.path().read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("pgfork-snapshot"))
     );
 
-    let dir = PgDir::new(Some(fs.path()), "restore-");
-    let data = dir.path().join("data");
-    repo.ok(&["restore", "--data", data.to_str().unwrap()]);
-    let port = free_port();
-    common::append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    must_run_as_postgres(
-        &version.bin("pg_ctl"),
-        &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
-    );
-    let restored =
-        RunningFork { version: version.clone(), data, socket_dir: cluster.socket_dir.path().to_path_buf(), port };
+    let (_dir, restored) = repo.restore_started(&cluster, None, Some(fs.path()));
     assert_eq!(restored.psql("postgres", "SELECT count(*) FROM pgbench_accounts"), "200000");
     restored.amcheck();
 }
@@ -211,14 +189,7 @@ fn restore_from_a_plain_repository_clones_on_xfs() {
     let written = report["bytes_written"].as_u64().unwrap();
     assert!(cloned > 10 * written, "restore copied instead of cloning: {report}");
     assert!(fs.used_bytes().saturating_sub(used_before) < cloned / 4, "cloned extents took space");
-    let port = free_port();
-    common::append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    let version = cluster.version.clone();
-    must_run_as_postgres(
-        &version.bin("pg_ctl"),
-        &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
-    );
-    let restored = RunningFork { version, data, socket_dir: cluster.socket_dir.path().to_path_buf(), port };
+    let restored = start_copy(&cluster, &data);
     assert_eq!(restored.psql("postgres", "SELECT sum(abalance) FROM pgbench_accounts"), expected);
     restored.amcheck();
 }

@@ -351,7 +351,11 @@ pub fn pgfork(args: &[&str]) -> Output {
 
 /// Runs pgfork and panics unless it succeeds; returns stdout.
 pub fn pgfork_ok(args: &[&str]) -> String {
-    let out = pgfork(args);
+    succeeded(args, pgfork(args))
+}
+
+/// Panics with both outputs unless pgfork `args` succeeded; returns stdout.
+pub fn succeeded(args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
         "pgfork {args:?} failed ({}):\n{}\n{}",
@@ -446,15 +450,7 @@ impl RepoSetup {
 
     /// Like [`RepoSetup::run`], panicking on failure; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "pgfork {args:?} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, self.run(args))
     }
 
     /// Runs a backup and returns its JSON report.
@@ -474,20 +470,26 @@ impl RepoSetup {
             args.extend(["--set", label]);
         }
         self.ok(&args);
-        let port = free_port();
-        append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-        let log = dir.path().join("log");
-        must_run_as_postgres(
-            &source.version.bin("pg_ctl"),
-            &["start", "-w", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()],
-        );
-        let fork = RunningFork {
-            version: source.version.clone(),
-            data,
-            socket_dir: source.socket_dir.path().to_path_buf(),
-            port,
-        };
+        let fork = start_copy(source, &data);
         (dir, fork)
+    }
+}
+
+/// Starts `data`, a restored or forked copy of `source`, on a free port beside `source`'s socket
+/// (log in `<data>.log`); stopped on drop.
+pub fn start_copy(source: &Cluster, data: &Path) -> RunningFork {
+    let port = free_port();
+    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    let log = data.with_extension("log");
+    must_run_as_postgres(
+        &source.version.bin("pg_ctl"),
+        &["start", "-w", "-t", "120", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()],
+    );
+    RunningFork {
+        version: source.version.clone(),
+        data: data.to_path_buf(),
+        socket_dir: source.socket_dir.path().to_path_buf(),
+        port,
     }
 }
 
@@ -516,4 +518,19 @@ pub fn fork_args(id: u32, source: &Cluster, dst: &Path, dst_port: u16, extra: &[
 /// Borrows a list of owned arguments.
 pub fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
+}
+
+/// `pgfork clone-db meta meta_dev` against `cluster` (as the postgres user, JSON report), then `extra`.
+pub fn clone_db_args(cluster: &Cluster, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["clone-db", "meta", "meta_dev", "--host"].iter().map(|s| s.to_string()).collect();
+    args.push(cluster.socket_dir.path().display().to_string());
+    args.extend([
+        "-p".to_string(),
+        cluster.port.to_string(),
+        "-U".to_string(),
+        PG_USER.to_string(),
+        "--json".to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
