@@ -7,11 +7,13 @@ mod clone_db;
 mod connect;
 mod fork;
 mod info;
+mod mount;
 mod pitr;
 mod progress;
 mod repo_args;
 mod restore;
 mod stanza;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +60,13 @@ pub enum Command {
     Pitr(pitr::PitrArgs),
     /// Check that WAL archiving into the stanza works.
     Check(pitr::CheckArgs),
+    /// Show the repository, or one backup set as a data directory, as a read-only file system.
+    Mount(mount::MountArgs),
+    /// Unmount a pgfork mount.
+    Umount(mount::UmountArgs),
+    /// Prove a backup set: boot PostgreSQL on it through a mount and an overlay, recover to the
+    /// target, run checks, tear down.
+    Verify(verify::VerifyArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -95,6 +104,9 @@ pub fn main() -> i32 {
         Command::ArchiveGet(args) => args.run(),
         Command::Pitr(args) => args.run(),
         Command::Check(args) => args.run(),
+        Command::Mount(args) => args.run(),
+        Command::Umount(args) => args.run(),
+        Command::Verify(args) => args.run(),
     };
     exit_code(result)
 }
@@ -111,7 +123,8 @@ fn exit_code(result: anyhow::Result<()>) -> i32 {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // fuser warns about every request it does not implement; those answers are deliberate.
+        0 => "warn,fuser=error",
         1 => "info",
         _ => "debug",
     };

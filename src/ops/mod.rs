@@ -14,3 +14,4 @@ pub mod recovery;
 pub mod restore;
 pub mod stanza;
 pub mod stanza_repo;
+pub mod verify;

@@ -212,29 +212,24 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         let entries: Vec<(u32, &Path)> = locations.iter().map(|(oid, p)| (*oid, p.as_path())).collect();
         fsx::write_atomic(&target.join("tablespace_map"), tablespace_map(&entries)?.as_bytes(), 0o600)?;
     }
-    let mut notes = Vec::new();
-    match &plan {
-        Some(plan) => {
-            let reason = format!("pgfork: recovery from backup {label}");
-            let settings: Vec<(&str, String)> = plan.settings.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            set_auto_conf(target, &reason, &settings)?;
+    let (reason, settings) = restored_settings(&label, plan.as_ref());
+    let settings: Vec<(&str, String)> = settings.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    set_auto_conf(target, &reason, &settings)?;
+    let notes = match &plan {
+        Some(_) => {
             fsx::write_atomic(&target.join("recovery.signal"), b"", 0o600)?;
-            notes.push(
+            vec![
                 "after checking the recovered cluster: promote it (pg_ctl promote, unless it promoted itself), \
                  turn archiving on (ALTER SYSTEM SET archive_mode = on; restart) and take a full backup"
                     .to_string(),
-            );
+            ]
         }
-        None => {
-            let reason = format!("pgfork: restored from backup {label}; archiving off until checked");
-            set_auto_conf(target, &reason, &[("archive_mode", "off".to_string())])?;
-            notes.push(
-                "archive_mode is off in the restored cluster so it cannot write into the repository: once it is \
-                 checked, turn archiving on (ALTER SYSTEM SET archive_mode = on) and take a full backup"
-                    .to_string(),
-            );
-        }
-    }
+        None => vec![
+            "archive_mode is off in the restored cluster so it cannot write into the repository: once it is \
+             checked, turn archiving on (ALTER SYSTEM SET archive_mode = on) and take a full backup"
+                .to_string(),
+        ],
+    };
     lap("wal", &mut timings);
     // Files were flushed as they completed (a syncfs would also wait for every other writer of
     // the file system, such as a running server's checkpoint); now the directories.
@@ -258,6 +253,19 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         dry_run: false,
         notes,
     })
+}
+
+/// The postgresql.auto.conf changes of a restored set: the comment above them and the settings.
+/// Without a plan the set stops at its consistent point with archiving off, so the copy cannot
+/// write into the repository.
+pub fn restored_settings(label: &SetLabel, plan: Option<&RecoveryPlan>) -> (String, Vec<(String, String)>) {
+    match plan {
+        Some(plan) => (format!("pgfork: recovery from backup {label}"), plan.settings.clone()),
+        None => (
+            format!("pgfork: restored from backup {label}; archiving off until checked"),
+            vec![("archive_mode".to_string(), "off".to_string())],
+        ),
+    }
 }
 
 /// Refuses a directory a running server owns, and a non-empty one without delta.

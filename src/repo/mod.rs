@@ -11,3 +11,4 @@ pub mod pack;
 pub mod read;
 pub mod stanza;
 pub mod storage;
+pub mod verification;

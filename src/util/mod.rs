@@ -1,6 +1,8 @@
-//! Small helpers shared across modules: durable file writes, byte-size formatting.
+//! Small helpers shared across modules: durable file writes, termination signals, byte-size
+//! formatting.
 
 pub mod fsx;
+pub mod signals;
 
 /// Formats a byte count for people: `1.5 GiB`, `832 KiB`, `12 B`.
 pub fn human_bytes(bytes: u64) -> String {

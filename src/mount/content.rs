@@ -1,0 +1,267 @@
+//! Producing a mounted file's bytes on read: runs fetched from the packs, decoded, decrypted and
+//! checked against their checksum, kept in a cache bounded in bytes; a sequential reader gets
+//! the following runs decoded ahead on other threads. Every failed read is recorded with the file
+//! it belongs to, so `verify` can name it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::mount::tree::Content;
+use crate::ops::stanza_repo::StanzaRepo;
+use crate::repo::archive::Archive;
+use crate::repo::label::SetLabel;
+use crate::repo::manifest::{Manifest, RunRef};
+use crate::repo::read::RunReader;
+
+/// Bytes decoded ahead of a sequential reader.
+const READAHEAD: u64 = 2 * 1024 * 1024;
+
+/// A read that failed: which file, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadFailure {
+    /// The file, relative to the mount point.
+    pub path: String,
+    /// The error (names the set and pack).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+enum Key {
+    Run { stanza: usize, set: SetLabel, pack: u32, at: u64 },
+    SetWal { stanza: usize, set: SetLabel, name: String },
+    Archived { stanza: usize, name: String },
+}
+
+struct Cache {
+    entries: LruCache<Key, Arc<Vec<u8>>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Cache {
+    fn get(&mut self, key: &Key) -> Option<Arc<Vec<u8>>> {
+        self.entries.get(key).cloned()
+    }
+
+    fn put(&mut self, key: Key, value: Arc<Vec<u8>>) {
+        self.bytes += value.len();
+        if let Some(old) = self.entries.put(key, value) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.limit && self.entries.len() > 1 {
+            match self.entries.pop_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Reads file contents for the mount; shared by all FUSE threads.
+pub struct ContentReader {
+    stanzas: Vec<StanzaRepo>,
+    cache: Mutex<Cache>,
+    loading: Mutex<HashSet<Key>>,
+    sequential: Mutex<HashMap<(usize, SetLabel, usize), u64>>,
+    failures: Mutex<Vec<ReadFailure>>,
+    pool: rayon::ThreadPool,
+}
+
+impl ContentReader {
+    /// A reader over `stanzas` with a cache of `cache_bytes`.
+    pub fn new(stanzas: Vec<StanzaRepo>, cache_bytes: usize) -> Result<ContentReader> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .thread_name(|i| format!("pgfork-readahead-{i}"))
+            .build()
+            .map_err(|e| Error::invalid("readahead threads", e.to_string()))?;
+        Ok(ContentReader {
+            stanzas,
+            cache: Mutex::new(Cache { entries: LruCache::unbounded(), bytes: 0, limit: cache_bytes }),
+            loading: Mutex::new(HashSet::new()),
+            sequential: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Vec::new()),
+            pool,
+        })
+    }
+
+    /// The stanzas served.
+    pub fn stanzas(&self) -> &[StanzaRepo] {
+        &self.stanzas
+    }
+
+    /// Reads failed so far.
+    pub fn failures(&self) -> Vec<ReadFailure> {
+        self.failures.lock().expect("failures lock").clone()
+    }
+
+    /// Records a failed read of `path`.
+    pub fn record_failure(&self, path: &str, error: &Error) {
+        tracing::error!("read of {path} failed: {error}");
+        let mut failures = self.failures.lock().expect("failures lock");
+        if failures.len() < 1000 && !failures.iter().any(|f| f.path == path) {
+            failures.push(ReadFailure { path: path.to_string(), reason: error.to_string() });
+        }
+    }
+
+    /// Up to `size` bytes of `content` from `offset` (fewer at the end of the file).
+    pub fn read(self: &Arc<Self>, content: &Content, offset: u64, size: u32) -> Result<Vec<u8>> {
+        match content {
+            Content::Bytes(bytes) => Ok(slice(bytes, offset, size).to_vec()),
+            Content::SetWal { stanza, set, entry } => {
+                let key = Key::SetWal { stanza: *stanza, set: set.clone(), name: entry.name.clone() };
+                let bytes = self.cached(key, || {
+                    let repo = &self.stanzas[*stanza];
+                    RunReader::new(&repo.storage, &repo.codec, &repo.name).read_wal(set, entry)
+                })?;
+                Ok(slice(&bytes, offset, size).to_vec())
+            }
+            Content::Archived { stanza, name } => {
+                let key = Key::Archived { stanza: *stanza, name: name.clone() };
+                let bytes = self.cached(key, || self.archived(*stanza, name))?;
+                Ok(slice(&bytes, offset, size).to_vec())
+            }
+            Content::SetFile { stanza, manifest, index } => self.read_set_file(*stanza, manifest, *index, offset, size),
+        }
+    }
+
+    /// The whole archived file `name` of stanza `stanza`, decoded.
+    pub fn archived(&self, stanza: usize, name: &str) -> Result<Vec<u8>> {
+        let repo = &self.stanzas[stanza];
+        Archive::new(&repo.storage, &repo.codec, &repo.name).get(name)?.ok_or_else(|| {
+            Error::invalid(format!("stanza {}, archived WAL {name}", repo.name), "no longer in the archive")
+        })
+    }
+
+    fn read_set_file(
+        self: &Arc<Self>,
+        stanza: usize,
+        manifest: &Arc<Manifest>,
+        index: usize,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>> {
+        let entry = &manifest.files[index];
+        let end = entry.size.min(offset.saturating_add(u64::from(size)));
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let extent = entry.extent_at(pos).ok_or_else(|| {
+                Error::invalid(format!("backup {}, file {}", manifest.label, entry.path), "no extent covers the offset")
+            })?;
+            let upto = end.min(extent.offset + extent.len);
+            let take = (upto - pos) as usize;
+            match &extent.run {
+                None => out.resize(out.len() + take, 0),
+                Some(run) => {
+                    let plain = self.run(stanza, run, &entry.path)?;
+                    let from = run.skip as usize + (pos - extent.offset) as usize;
+                    let bytes = plain.get(from..from + take).ok_or_else(|| {
+                        Error::invalid(format!("backup {}, file {}", run.set, entry.path), "extent outside its run")
+                    })?;
+                    out.extend_from_slice(bytes);
+                }
+            }
+            pos = upto;
+        }
+        self.read_ahead(stanza, manifest, index, offset, end);
+        Ok(out)
+    }
+
+    /// After a read that continues the previous one of the same file, decodes the runs of the next
+    /// [`READAHEAD`] bytes on the readahead threads.
+    fn read_ahead(self: &Arc<Self>, stanza: usize, manifest: &Arc<Manifest>, index: usize, offset: u64, end: u64) {
+        let key = (stanza, manifest.label.clone(), index);
+        let sequential = {
+            let mut last = self.sequential.lock().expect("sequential lock");
+            if last.len() > 4096 {
+                last.clear();
+            }
+            last.insert(key, end) == Some(offset)
+        };
+        if !sequential {
+            return;
+        }
+        let entry = &manifest.files[index];
+        let start = entry.extents.partition_point(|e| e.offset + e.len <= end);
+        let mut ahead = 0;
+        for extent in &entry.extents[start..] {
+            if ahead >= READAHEAD {
+                break;
+            }
+            ahead += extent.len;
+            let Some(run) = &extent.run else { continue };
+            let key = run_key(stanza, run);
+            if self.cache.lock().expect("cache lock").entries.contains(&key)
+                || !self.loading.lock().expect("loading lock").insert(key.clone())
+            {
+                continue;
+            }
+            let this = Arc::clone(self);
+            let (run, path) = (run.clone(), entry.path.clone());
+            self.pool.spawn(move || {
+                // A failure here is reported when the reader gets to it.
+                let _ = this.run(stanza, &run, &path);
+                this.loading.lock().expect("loading lock").remove(&key);
+            });
+        }
+    }
+
+    fn run(&self, stanza: usize, run: &RunRef, path: &str) -> Result<Arc<Vec<u8>>> {
+        self.cached(run_key(stanza, run), || {
+            let repo = &self.stanzas[stanza];
+            RunReader::new(&repo.storage, &repo.codec, &repo.name).read(run, path)
+        })
+    }
+
+    fn cached(&self, key: Key, load: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self.cache.lock().expect("cache lock").get(&key) {
+            return Ok(hit);
+        }
+        let value = Arc::new(load()?);
+        self.cache.lock().expect("cache lock").put(key, Arc::clone(&value));
+        Ok(value)
+    }
+}
+
+fn run_key(stanza: usize, run: &RunRef) -> Key {
+    Key::Run { stanza, set: run.set.clone(), pack: run.pack, at: run.at }
+}
+
+fn slice(bytes: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = (offset as usize).min(bytes.len());
+    let end = start.saturating_add(size as usize).min(bytes.len());
+    &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_stays_within_its_byte_limit_evicting_the_least_recent() {
+        let mut cache = Cache { entries: LruCache::unbounded(), bytes: 0, limit: 300 };
+        let key = |n: u64| Key::Archived { stanza: 0, name: n.to_string() };
+        for n in 0..3 {
+            cache.put(key(n), Arc::new(vec![0; 100]));
+        }
+        assert!(cache.get(&key(0)).is_some(), "touch 0 so 1 is the least recent");
+        cache.put(key(3), Arc::new(vec![0; 100]));
+        assert_eq!(cache.bytes, 300);
+        assert!(cache.get(&key(1)).is_none());
+        assert!(cache.get(&key(0)).is_some() && cache.get(&key(3)).is_some());
+        cache.put(key(4), Arc::new(vec![0; 1000]));
+        assert_eq!(cache.entries.len(), 1, "an entry larger than the limit still serves its reader");
+    }
+
+    #[test]
+    fn slices_stop_at_the_end() {
+        assert_eq!(slice(b"abcdef", 2, 3), b"cde");
+        assert_eq!(slice(b"abcdef", 4, 10), b"ef");
+        assert_eq!(slice(b"abcdef", 10, 10), b"");
+    }
+}

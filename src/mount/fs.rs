@@ -1,0 +1,262 @@
+//! The FUSE file system: answers the kernel's lookups, attribute and directory requests from the
+//! inode tree, and reads from the content reader, on several threads. Everything is read-only:
+//! opening for writing fails with EROFS.
+
+use std::ffi::OsStr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::mount::content::ContentReader;
+use crate::mount::tree::{Content, Ino, Kind, Node, Tree};
+use crate::mount::view;
+
+/// How long the kernel may cache names and attributes.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Who the files belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// The mounted file system.
+pub struct MountFs {
+    tree: RwLock<Tree>,
+    reader: Arc<ContentReader>,
+    owner: Owner,
+}
+
+impl MountFs {
+    /// A file system showing `tree`, reading through `reader`, owned by `owner`.
+    pub fn new(tree: Tree, reader: Arc<ContentReader>, owner: Owner) -> MountFs {
+        MountFs { tree: RwLock::new(tree), reader, owner }
+    }
+
+    /// Loads directory `ino` if it has never been loaded or its listing is stale.
+    fn fill(&self, ino: Ino) -> Result<(), Errno> {
+        let now = Instant::now();
+        let fill = {
+            let tree = self.tree.read().expect("tree lock");
+            match tree.get(ino) {
+                Some(node) if node.needs_fill(now) => match &node.kind {
+                    Kind::Dir { fill, .. } => fill.clone(),
+                    _ => return Ok(()),
+                },
+                Some(_) => return Ok(()),
+                None => return Err(Errno::ENOENT),
+            }
+        };
+        // Repository I/O without the lock; a concurrent load of the same directory is harmless.
+        let loaded = view::load(&self.reader, &fill).map_err(|e| {
+            let path = self.tree.read().expect("tree lock").path(ino);
+            self.reader.record_failure(&path, &e);
+            Errno::EIO
+        })?;
+        let mut tree = self.tree.write().expect("tree lock");
+        if tree.get(ino).is_some_and(|n| n.needs_fill(now)) {
+            view::apply(&mut tree, ino, &fill, loaded, now);
+        }
+        Ok(())
+    }
+
+    fn attr(&self, ino: Ino, node: &Node) -> FileAttr {
+        let kind = match node.kind {
+            Kind::Dir { .. } => FileType::Directory,
+            Kind::File(_) => FileType::RegularFile,
+            Kind::Link(_) => FileType::Symlink,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: node.size,
+            blocks: node.size.div_ceil(512),
+            atime: node.mtime,
+            mtime: node.mtime,
+            ctime: node.mtime,
+            crtime: node.mtime,
+            kind,
+            perm: node.perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn attr_of(&self, ino: Ino) -> Result<FileAttr, Errno> {
+        let tree = self.tree.read().expect("tree lock");
+        tree.get(ino).map(|node| self.attr(ino, node)).ok_or(Errno::ENOENT)
+    }
+}
+
+impl Filesystem for MountFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Larger kernel reads mean fewer round trips for sequential readers; a refusal keeps the default.
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = self.fill(parent.0) {
+            return reply.error(e);
+        }
+        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
+        let child = self.tree.read().expect("tree lock").child(parent.0, name);
+        match child.map(|ino| self.attr_of(ino)) {
+            Some(Ok(attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Some(Err(e)) => reply.error(e),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr_of(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let tree = self.tree.read().expect("tree lock");
+        match tree.get(ino.0).map(|n| &n.kind) {
+            Some(Kind::Link(target)) => reply.data(target.as_bytes()),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        match self.tree.read().expect("tree lock").get(ino.0).map(|n| &n.kind) {
+            // Contents never change while mounted: let the kernel keep its cache across opens.
+            Some(Kind::File(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(_) => reply.error(Errno::EISDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let content: Option<Content> = match self.tree.read().expect("tree lock").get(ino.0).map(|n| &n.kind) {
+            Some(Kind::File(content)) => Some(content.clone()),
+            _ => None,
+        };
+        let Some(content) = content else { return reply.error(Errno::EISDIR) };
+        match self.reader.read(&content, offset, size) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => {
+                let path = self.tree.read().expect("tree lock").path(ino.0);
+                self.reader.record_failure(&path, &e);
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Overlayfs asks for inode flags when it copies a file up; there are none.
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32, reply: ReplyLseek) {
+        // No holes to report: the kernel's own SEEK_DATA/SEEK_HOLE (whole file is data) is right.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.fill(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if let Err(e) = self.fill(ino.0) {
+            return reply.error(e);
+        }
+        let entries: Vec<(Ino, FileType, String)> = {
+            let tree = self.tree.read().expect("tree lock");
+            let Some(node) = tree.get(ino.0) else { return reply.error(Errno::ENOENT) };
+            let Kind::Dir { children, .. } = &node.kind else { return reply.error(Errno::ENOTDIR) };
+            let mut entries = vec![
+                (ino.0, FileType::Directory, ".".to_string()),
+                (node.parent, FileType::Directory, "..".to_string()),
+            ];
+            for (name, &child) in children {
+                let kind = match tree.get(child).map(|n| &n.kind) {
+                    Some(Kind::Dir { .. }) => FileType::Directory,
+                    Some(Kind::Link(_)) => FileType::Symlink,
+                    _ => FileType::RegularFile,
+                };
+                entries.push((child, kind, name.clone()));
+            }
+            entries
+        };
+        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.tree.read().expect("tree lock").len() as u64;
+        reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        match self.attr_of(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    }
+}

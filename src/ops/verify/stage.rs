@@ -1,0 +1,168 @@
+//! The scratch stage of a verification: a work directory holding the FUSE mount point, the
+//! overlay's upper and work directories on local disk, the merged data directory, the server's
+//! socket directory, pg_hba.conf and log. Whatever was set up is torn down in reverse order —
+//! server, overlay, mount, directory — when the stage is dropped, also after an error or an
+//! interruption.
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::{MsFlags, mount};
+
+use crate::error::{Error, IoContext, Result};
+use crate::mount::fs::Owner;
+use crate::mount::session::{Mounted, unmount_path};
+use crate::ops::verify::server::Server;
+
+/// The directories and mounts of one verification.
+pub struct Stage {
+    /// The work directory.
+    pub root: PathBuf,
+    /// Who runs the server.
+    pub owner: Owner,
+    /// The server, once started.
+    pub server: Option<Server>,
+    overlay: bool,
+    mounted: Option<Mounted>,
+    keep_dir: bool,
+}
+
+impl Stage {
+    /// Creates the work directory `root` (which must not exist) with its subdirectories.
+    pub fn create(root: &Path, owner: Owner) -> Result<Stage> {
+        if root.exists() {
+            return Err(Error::refused(
+                format!("{} already exists", root.display()),
+                Some("pass another --work directory, or remove what a previous run left".into()),
+            ));
+        }
+        std::fs::create_dir_all(root).at("create directory", root)?;
+        let stage =
+            Stage { root: root.to_path_buf(), owner, server: None, overlay: false, mounted: None, keep_dir: false };
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).at("chmod", root)?;
+        for (dir, mode, owned) in [
+            ("lower", 0o755, false),
+            ("upper", 0o700, true),
+            ("work", 0o700, false),
+            ("data", 0o700, true),
+            ("run", 0o700, true),
+        ] {
+            let path = root.join(dir);
+            std::fs::create_dir(&path).at("create directory", &path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).at("chmod", &path)?;
+            if owned {
+                chown(&path, Some(owner.uid), Some(owner.gid)).at("chown", &path)?;
+            }
+        }
+        let hba = stage.hba_file();
+        std::fs::write(&hba, "# pgfork verify: only the socket in a private directory\nlocal all all trust\n")
+            .at("write", &hba)?;
+        chown(&hba, Some(owner.uid), Some(owner.gid)).at("chown", &hba)?;
+        let log = stage.log_file();
+        std::fs::write(&log, "").at("create", &log)?;
+        chown(&log, Some(owner.uid), Some(owner.gid)).at("chown", &log)?;
+        Ok(stage)
+    }
+
+    /// The FUSE mount point.
+    pub fn lower(&self) -> PathBuf {
+        self.root.join("lower")
+    }
+
+    /// The data directory the server runs on (the overlay).
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The server's socket directory.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// The server's pg_hba.conf (trust on the private socket only).
+    pub fn hba_file(&self) -> PathBuf {
+        self.root.join("pg_hba.conf")
+    }
+
+    /// The server's log.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("postgres.log")
+    }
+
+    /// Keeps the FUSE mount so it is unmounted with the stage.
+    pub fn hold_mount(&mut self, mounted: Mounted) {
+        self.mounted = Some(mounted);
+    }
+
+    /// Mounts the overlay: the FUSE mount below, upper and work directories on local disk. The
+    /// upper layer is throwaway, so it is mounted `volatile` (no syncs) where the kernel allows.
+    pub fn mount_overlay(&mut self) -> Result<()> {
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower().display(),
+            self.root.join("upper").display(),
+            self.root.join("work").display()
+        );
+        let data = self.data();
+        let volatile = format!("{options},volatile");
+        let result = mount(Some("overlay"), &data, Some("overlay"), MsFlags::empty(), Some(volatile.as_str()))
+            .or_else(|_| mount(Some("overlay"), &data, Some("overlay"), MsFlags::empty(), Some(options.as_str())));
+        result.map_err(|e| Error::io("mount overlay at", &data, e.into()))?;
+        self.overlay = true;
+        Ok(())
+    }
+
+    /// Leaves the work directory in place (the log stays readable after a failure).
+    pub fn keep_directory(&mut self) {
+        self.keep_dir = true;
+    }
+
+    /// Stops the server, unmounts the overlay and the FUSE mount, removes the work directory.
+    /// Returns what could not be done.
+    pub fn teardown(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(server) = self.server.take()
+            && let Err(e) = server.stop()
+        {
+            problems.push(format!("stop the server: {e}"));
+        }
+        if self.overlay {
+            let data = self.data();
+            // The server's last processes may still be exiting: retry briefly before detaching.
+            let mut result = unmount_path(&data);
+            for _ in 0..20 {
+                if matches!(result, Ok(false)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                result = unmount_path(&data);
+            }
+            if let Err(e) = result {
+                problems.push(e.to_string());
+            }
+            self.overlay = false;
+        }
+        if let Some(mounted) = self.mounted.take()
+            && let Err(e) = mounted.unmount()
+        {
+            problems.push(e.to_string());
+        }
+        if !self.keep_dir
+            && problems.is_empty()
+            && self.root.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.root)
+        {
+            problems.push(format!("remove {}: {e}", self.root.display()));
+        }
+        problems
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        for problem in self.teardown() {
+            eprintln!("pgfork: verify teardown: {problem}");
+        }
+    }
+}
