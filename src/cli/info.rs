@@ -5,6 +5,7 @@ use anyhow::Context;
 use crate::cli::repo_args::{Output, RepoArgs};
 use crate::ops::info::{InfoReport, info};
 use crate::repo::label::SetLabel;
+use crate::repo::verification::VerificationRecord;
 use crate::util::human_bytes;
 
 /// Arguments of `info`.
@@ -79,9 +80,29 @@ pub fn render(r: &InfoReport) -> String {
                 bad.path, bad.block, bad.stored, bad.computed
             ));
         }
+        out.push_str(&render_verification(s.verification.as_ref()));
     }
     for e in &r.errors {
         out.push_str(&format!("\n        error: {e}\n"));
+    }
+    out
+}
+
+/// The `verified:` line of a set.
+fn render_verification(verification: Option<&VerificationRecord>) -> String {
+    let Some(v) = verification else { return "            verified: never\n".to_string() };
+    let verdict = if v.proven { "proven" } else { "NOT PROVEN" };
+    let checks: Vec<String> =
+        v.checks.iter().map(|(name, ok)| format!("{name} {}", if *ok { "ok" } else { "failed" })).collect();
+    let mut out = format!(
+        "            verified: {verdict} at {} (target {}{}{})\n",
+        v.at.format("%Y-%m-%d %H:%M:%S%:z"),
+        v.target,
+        v.reached_lsn.as_ref().map(|l| format!(", reached {l}")).unwrap_or_default(),
+        if checks.is_empty() { String::new() } else { format!("; {}", checks.join(", ")) }
+    );
+    if let Some(failure) = &v.failure {
+        out.push_str(&format!("              {}\n", failure.lines().next().unwrap_or_default()));
     }
     out
 }

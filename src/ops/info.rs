@@ -12,6 +12,7 @@ use crate::repo::archive::Archive;
 use crate::repo::label::{BackupType, SetLabel};
 use crate::repo::manifest::{BadPage, Manifest};
 use crate::repo::storage::Storage;
+use crate::repo::verification::VerificationRecord;
 
 /// The state of a stanza.
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +95,8 @@ pub struct SetInfo {
     pub bad_pages: Vec<BadPage>,
     /// Whether a reflink snapshot was scanned.
     pub snapshot: bool,
+    /// The latest `verify` of the set.
+    pub verification: Option<VerificationRecord>,
 }
 
 /// Reads the stanza's state; `set` limits the sets shown.
@@ -142,6 +145,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
             bad_checksums: m.bad_pages.len(),
             bad_pages: m.bad_pages.iter().take(50).cloned().collect(),
             snapshot: m.snapshot,
+            verification: VerificationRecord::load(&repo.storage, &repo.codec, &repo.name, &m.label)?,
         });
     }
     let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);

@@ -385,6 +385,7 @@ macro_rules! on_each_version {
     };
 }
 
+pub mod heartbeat;
 pub mod scenarios;
 
 /// A repository directory and configuration for a cluster, for the backup commands.

@@ -1,0 +1,376 @@
+//! The FUSE mount and `verify` on PostgreSQL 15 and 18: mounted sets are byte-identical to what
+//! `restore` writes and read the same from concurrent readers; servers boot on an overlay above a
+//! mount and pass pg_amcheck; verify to a time target lands where PITR lands; a wrong passphrase,
+//! a corrupt run, a missing manifest, a killed mount process and a backup plus an expire running
+//! under a mount are all handled.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::heartbeat::*;
+use common::*;
+
+/// A `pgfork mount` process; killed and its mount detached on drop.
+struct MountProcess {
+    child: Child,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl MountProcess {
+    /// Runs `pgfork mount <mountpoint> <args>` for `repo` and waits until the mount is there.
+    fn start(repo: &RepoSetup, mountpoint: &Path, args: &[&str]) -> MountProcess {
+        // A stale mount point (its process killed) cannot be stat-ed; it exists all the same.
+        let _ = std::fs::create_dir_all(mountpoint);
+        let log = mountpoint.with_extension("log");
+        let mut cmd = Command::new(server_side_pgfork());
+        cmd.arg("mount").arg(mountpoint).args(args).arg("--config").arg(&repo.config);
+        if let Some(p) = &repo.passphrase {
+            cmd.env("PGFORK_PASSPHRASE", p);
+        }
+        let out = File::create(&log).unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
+        let mut mount = MountProcess { child, mountpoint: mountpoint.to_path_buf(), log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // A stale mount at the same place is listed too, but answers ENOTCONN until replaced.
+        while !(is_pgfork_mount(mountpoint) && std::fs::metadata(mountpoint).is_ok()) {
+            if let Some(status) = mount.child.try_wait().unwrap() {
+                panic!("pgfork mount exited ({status}) before mounting:\n{}", mount.output());
+            }
+            assert!(Instant::now() < deadline, "no mount at {} after 30 s", mountpoint.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mount
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "pgfork mount did not exit:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for MountProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if is_pgfork_mount(&self.mountpoint) {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn is_pgfork_mount(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = path.to_str().unwrap();
+    text.lines().any(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        fields.get(4) == Some(&point) && l.contains(" - fuse pgfork ")
+    })
+}
+
+/// Relative paths of the files and directories under `root`.
+fn tree(root: &Path) -> BTreeSet<String> {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().path().strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Asserts the mounted data directory `mounted` holds exactly the files of the restored `restored`
+/// with the same bytes (restore's tablespace_map aside: the mount shows tablespaces in place).
+fn assert_same_files(mounted: &Path, restored: &Path) {
+    let restored_tree: BTreeSet<String> = tree(restored).into_iter().filter(|p| p != "tablespace_map").collect();
+    assert_eq!(tree(mounted), restored_tree, "the mount and the restore hold different files");
+    for rel in &restored_tree {
+        let (a, b) = (mounted.join(rel), restored.join(rel));
+        if b.is_file() {
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{rel} differs");
+            let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+            assert_eq!(mode(&a) & 0o777, mode(&b) & 0o777, "{rel}: mode differs");
+        }
+    }
+}
+
+/// The path of `table`'s first segment in database `db`, relative to the data directory.
+fn relation_path(cluster: &Cluster, db: &str, table: &str) -> String {
+    cluster.psql(db, &format!("SELECT pg_relation_filepath('{table}')"))
+}
+
+/// Reads `file` from `threads` threads at once, each in its own order and read size, and checks
+/// every thread got `expected`.
+fn assert_concurrent_reads(file: &Path, expected: &[u8], threads: usize) {
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                let f = File::open(file).unwrap();
+                let chunk = 4096 * (t + 1) * 3;
+                let count = expected.len().div_ceil(chunk);
+                let mut got = vec![0u8; expected.len()];
+                // Every other thread reads back to front.
+                for i in 0..count {
+                    let i = if t % 2 == 1 { count - 1 - i } else { i };
+                    let at = i * chunk;
+                    let end = (at + chunk).min(expected.len());
+                    f.read_exact_at(&mut got[at..end], at as u64).unwrap();
+                }
+                assert!(got == expected, "thread {t} read different bytes from {}", file.display());
+            });
+        }
+    });
+}
+
+fn mounted_sets_match_restores_and_boot(version: &PgVersion) {
+    let mut cluster = Cluster::init(version, None);
+    let pass = (version.major == 15).then_some("mount pass");
+    let repo = RepoSetup::new(&cluster, pass, "");
+    repo.enable_archiving(&cluster);
+    cluster.start();
+    cluster.pgbench_init("postgres", 2);
+    repo.ok(&["stanza-create"]);
+    let full = repo.backup("full")["label"].as_str().unwrap().to_string();
+    cluster.pgbench("postgres", &["-t", "300"]).wait().unwrap();
+    let incr = repo.backup("incr")["label"].as_str().unwrap().to_string();
+    repo.ok(&["check", "--timeout", "60"]);
+
+    let dir = PgDir::new(None, "mount-");
+    let mountpoint = dir.path().join("repo");
+    let mut mount = MountProcess::start(&repo, &mountpoint, &[]);
+    let stanza = mountpoint.join("main");
+    assert_eq!(std::fs::read_link(stanza.join("latest")).unwrap(), PathBuf::from(&incr));
+    let archived = tree(&stanza.join("archive/00000001"));
+    assert!(archived.iter().any(|n| n.len() == 24), "no WAL segment under archive/00000001: {archived:?}");
+    for label in [&full, &incr] {
+        let restored = dir.path().join(format!("restored-{label}"));
+        repo.ok(&["restore", "--set", label, "--data", restored.to_str().unwrap()]);
+        assert_same_files(&stanza.join(label), &restored);
+    }
+    // Concurrent readers of the largest relation get the restored bytes.
+    let accounts = relation_path(&cluster, "postgres", "pgbench_accounts");
+    let expected = std::fs::read(dir.path().join(format!("restored-{incr}")).join(&accounts)).unwrap();
+    assert_concurrent_reads(&stanza.join(&incr).join(&accounts), &expected, 4);
+
+    // Read-only, yet readable by postgres.
+    let file = stanza.join(&incr).join("PG_VERSION");
+    let err = std::fs::OpenOptions::new().write(true).open(&file).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = File::create(stanza.join(&incr).join("new")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let read = run_as_postgres(Path::new("/usr/bin/cat"), &[file.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), version.major.to_string());
+
+    // `pgfork umount` ends the serving process cleanly.
+    pgfork_ok(&["umount", mountpoint.to_str().unwrap()]);
+    assert_eq!(mount.wait(), Some(0), "{}", mount.output());
+    assert!(!is_pgfork_mount(&mountpoint));
+
+    // PostgreSQL boots on an overlay above a mount of the set and passes pg_amcheck.
+    let report: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["verify", "--amcheck", "--output", "json"])).unwrap();
+    assert_eq!(report["proven"], true, "{report}");
+    assert_eq!(report["set"], incr.as_str());
+    assert_eq!(report["checks"][0]["name"], "amcheck");
+    assert_eq!(report["checks"][0]["passed"], true, "{report}");
+    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    assert_eq!(info["sets"][1]["verification"]["proven"], true, "{info}");
+    assert!(info["sets"][0]["verification"].is_null(), "{info}");
+    assert!(repo.ok(&["info"]).contains("verified: proven at"));
+}
+on_each_version!(
+    mounted_sets_match_restores_and_boot_15,
+    mounted_sets_match_restores_and_boot_18,
+    mounted_sets_match_restores_and_boot
+);
+
+fn verify_to_a_time_target(version: &PgVersion) {
+    let (cluster, repo) = archiving_cluster(version);
+    let beats = heartbeats(&cluster, 30, None);
+    archive_now(&repo);
+    let target = &beats[15];
+    // The same condition the PITR tests check: the last heartbeat is at or before the target, and
+    // within a second of it.
+    let dir = PgDir::new(None, "verify-");
+    let check = dir.path().join("landed.sql");
+    std::fs::write(
+        &check,
+        format!(
+            "DO $$ DECLARE last float8 := (SELECT extract(epoch FROM max(ts)) FROM heartbeat); BEGIN \
+             IF last > {t} OR {t} - last >= 1.0 THEN RAISE EXCEPTION 'landed at %, target {t}', last; END IF; END $$;",
+            t = target.epoch
+        ),
+    )
+    .unwrap();
+    let out = repo.run(&[
+        "verify",
+        "--type",
+        "time",
+        "--target",
+        &target.ts,
+        "--sql",
+        check.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["proven"], true, "{report}");
+    assert!(report["target"].as_str().unwrap().contains(&target.ts));
+    let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["mount", "overlay", "start", "recovery", "teardown"]);
+
+    // A check that fails makes the set unproven, with exit code 1, and the work directory is gone.
+    let bad = dir.path().join("bad.sql");
+    std::fs::write(&bad, "SELECT count(*) FROM no_such_table;").unwrap();
+    let work = dir.path().join("work");
+    let out = repo.run(&["verify", "--sql", bad.to_str().unwrap(), "--work", work.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("NOT PROVEN") && text.contains("no_such_table"), "{text}");
+    assert!(!work.exists(), "verify left its work directory");
+}
+on_each_version!(verify_to_a_time_target_15, verify_to_a_time_target_18, verify_to_a_time_target);
+
+/// A plain repository (no compression, no cipher) so the test can find and damage one run.
+fn plain_repo(cluster: &Cluster) -> RepoSetup {
+    RepoSetup::new(cluster, None, "compression = \"none\"\n")
+}
+
+#[test]
+fn faults_under_a_mount() {
+    if !can_run("faults_under_a_mount") {
+        return;
+    }
+    let mut cluster = Cluster::init(&PgVersion::get(18), None);
+    cluster.start();
+    cluster.pgbench_init("postgres", 1);
+    let repo = plain_repo(&cluster);
+    repo.ok(&["stanza-create"]);
+    let first = repo.backup("full")["label"].as_str().unwrap().to_string();
+    let second = repo.backup("full")["label"].as_str().unwrap().to_string();
+    let dir = PgDir::new(None, "faults-");
+
+    // A wrong passphrase: the mount is refused, nothing is mounted.
+    let encrypted = RepoSetup::new(&cluster, Some("right"), "");
+    encrypted.ok(&["stanza-create"]);
+    std::fs::write(encrypted.dir.path().join("passphrase"), "wrong").unwrap();
+    let mp = dir.path().join("refused");
+    std::fs::create_dir(&mp).unwrap();
+    let out = Command::new(server_side_pgfork())
+        .args(["mount", mp.to_str().unwrap(), "--config", encrypted.config.to_str().unwrap()])
+        .env_remove("PGFORK_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_pgfork_mount(&mp));
+
+    // A corrupt run: reads of that file fail with EIO, the rest of the set reads.
+    let accounts = relation_path(&cluster, "postgres", "pgbench_accounts");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo.repo_path().join(format!("main/backup/{second}/manifest"))).unwrap(),
+    )
+    .unwrap();
+    let entry = manifest["files"].as_array().unwrap().iter().find(|f| f["path"] == accounts.as_str()).unwrap();
+    let run = &entry["extents"].as_array().unwrap().iter().find(|e| e["run"].is_object()).unwrap()["run"];
+    let pack = repo.repo_path().join(format!("main/backup/{second}/pack/{:06}", run["pack"].as_u64().unwrap()));
+    let at = run["at"].as_u64().unwrap() + run["stored"].as_u64().unwrap() / 2;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&pack).unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
+    drop(f);
+
+    // A set whose manifest is missing is absent from the tree.
+    let third = repo.backup("full")["label"].as_str().unwrap().to_string();
+    let third_manifest = repo.repo_path().join(format!("main/backup/{third}/manifest"));
+    let saved = std::fs::read(&third_manifest).unwrap();
+    std::fs::remove_file(&third_manifest).unwrap();
+
+    let mp = dir.path().join("browse");
+    let mut mount = MountProcess::start(&repo, &mp, &[]);
+    let stanza = mp.join("main");
+    let listed = tree(&stanza);
+    assert!(listed.contains(&first) && listed.contains(&second), "{listed:?}");
+    assert!(!listed.iter().any(|p| p.starts_with(&third)), "a set without manifest is listed: {listed:?}");
+    let err = std::fs::read(stanza.join(&second).join(&accounts)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let pg_class = relation_path(&cluster, "postgres", "pg_class");
+    assert!(!std::fs::read(stanza.join(&second).join(&pg_class)).unwrap().is_empty());
+    assert!(!std::fs::read(stanza.join(&first).join(&accounts)).unwrap().is_empty());
+
+    // Reads go on while a backup and an expire run on the repository: the new set appears, the
+    // expired ones go (retention keeps three fulls, so the first goes too), and a set being read
+    // keeps its bytes.
+    std::fs::write(&third_manifest, &saved).unwrap();
+    let reading = stanza.join(&second).join(&pg_class);
+    let expected = std::fs::read(&reading).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(std::fs::read(&reading).unwrap() == expected, "a read under a running backup differed");
+                reads += 1;
+            }
+            reads
+        });
+        let fourth = repo.backup("full")["label"].as_str().unwrap().to_string();
+        repo.ok(&["expire", "--set", &third]);
+        std::thread::sleep(Duration::from_millis(1200));
+        let listed: BTreeSet<String> = std::fs::read_dir(&stanza)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let want: BTreeSet<String> = [second.as_str(), fourth.as_str(), "archive", "latest"].map(String::from).into();
+        assert_eq!(listed, want);
+        assert_eq!(std::fs::read_link(stanza.join("latest")).unwrap(), PathBuf::from(&fourth));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+
+    // verify of the damaged set fails and names the file.
+    let out = repo.run(&["verify", "--set", &second, "--amcheck", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["proven"], false);
+    assert!(report["read_failures"].to_string().contains(&accounts), "{report}");
+    let info = repo.ok(&["info"]);
+    assert!(info.contains("verified: NOT PROVEN"), "{info}");
+
+    // The mount process killed: the stale mount is detected and replaced by the next mount.
+    mount.child.kill().unwrap();
+    mount.child.wait().unwrap();
+    let err = std::fs::metadata(&stanza).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let mut again = MountProcess::start(&repo, &mp, &["--set", &second]);
+    assert!(again.output().contains("stale mount"), "{}", again.output());
+    assert_eq!(std::fs::read(mp.join(&pg_class)).unwrap(), expected);
+    assert!(mp.join("backup_label").is_file() && !mp.join("recovery.signal").exists());
+    // SIGTERM unmounts cleanly.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(again.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    assert_eq!(again.wait(), Some(0), "{}", again.output());
+    assert!(!is_pgfork_mount(&mp));
+}
