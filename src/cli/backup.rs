@@ -145,6 +145,9 @@ fn print_expired(report: &ExpireReport) {
     for damaged in &report.unreadable {
         println!("  expire         kept {damaged} (its manifest cannot be read: check it with pgfork info)");
     }
+    for used in &report.in_use {
+        println!("  expire         kept {used}");
+    }
     if report.wal_removed > 0 {
         println!("  expire         {verb} {} archived WAL file(s) no kept set needs", report.wal_removed);
     }

@@ -115,7 +115,17 @@ fn exit_code(result: anyhow::Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("pgfork: {err:#}");
+            // Each cause once: an error that shows its source already must not repeat it.
+            let mut text = String::new();
+            for cause in err.chain().map(ToString::to_string) {
+                if !text.contains(&cause) {
+                    if !text.is_empty() {
+                        text.push_str(": ");
+                    }
+                    text.push_str(&cause);
+                }
+            }
+            eprintln!("pgfork: {text}");
             err.downcast_ref::<crate::Error>().map(crate::Error::exit_code).unwrap_or(1)
         }
     }

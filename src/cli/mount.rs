@@ -54,6 +54,7 @@ impl MountArgs {
                 // A server booted through an overlay must not open every file at startup to sync
                 // it: the overlay would copy each one up whole.
                 extra_settings: vec![("recovery_init_sync_method".into(), "syncfs".into())],
+                command: "mount".into(),
             }))
         } else {
             let names: Vec<String> = match &self.repo.stanza {

@@ -8,6 +8,7 @@ use crate::cli::repo_args::{Output, RepoArgs};
 use crate::cli::restore::TargetArgs;
 use crate::ops::verify::{VerifyOptions, VerifyReport, verify};
 use crate::repo::label::SetLabel;
+use crate::util::human_bytes;
 use crate::util::signals::termination_channel;
 
 /// Arguments of `verify`.
@@ -34,6 +35,11 @@ pub struct VerifyArgs {
     /// PostgreSQL binaries [default: found by the set's version].
     #[arg(long)]
     pub bindir: Option<PathBuf>,
+    /// Boot on a kernel overlay above a read-only mount instead of the copy-on-write mount (the
+    /// overlay copies every file the server opens for writing whole: slower, and as much disk as
+    /// a restore when amcheck reads everything).
+    #[arg(long)]
+    pub overlay: bool,
     /// text or json.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
@@ -56,6 +62,7 @@ impl VerifyArgs {
             keep: self.keep,
             work: self.work.as_ref().map(std::path::absolute).transpose()?,
             bindir: self.bindir.clone(),
+            overlay: self.overlay,
         };
         let output = self.output;
         let report = verify(&resolved, &opts, &signals, |report| print_kept(report, output))
@@ -114,6 +121,7 @@ pub fn render(r: &VerifyReport) -> String {
     if let Some(failure) = &r.failure {
         out.push_str(&format!("  failure        {}\n", failure.replace('\n', "\n      ")));
     }
+    out.push_str(&format!("  local disk     {} written by the server\n", human_bytes(r.local_disk_bytes)));
     let steps: Vec<String> = r.steps.iter().map(|s| format!("{} {:.2} s", s.name, s.ms / 1000.0)).collect();
     out.push_str(&format!("  steps          {}\n", steps.join(", ")));
     out.push_str(&format!("  total          {:.2} s\n", r.duration_ms / 1000.0));

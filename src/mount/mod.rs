@@ -5,9 +5,11 @@
 
 pub mod content;
 pub mod fs;
+pub mod scratch;
 pub mod session;
 pub mod tree;
 pub mod view;
+pub mod writable;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,10 +29,11 @@ use crate::mount::view::{DataDirView, Loaded};
 use crate::ops::recovery::{self, RecoveryPlan, RecoveryRequest, choose_set, restore_command};
 use crate::ops::stanza_repo::StanzaRepo;
 use crate::repo::label::SetLabel;
+use crate::repo::lease::SetLease;
 use crate::repo::manifest::Manifest;
 
 /// Decoded runs kept in memory by default.
-pub const DEFAULT_CACHE: usize = 128 * 1024 * 1024;
+pub const DEFAULT_CACHE: usize = 64 * 1024 * 1024;
 
 /// What to show.
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct DataDirRequest {
     pub recovery: Option<RecoveryRequest>,
     /// Settings added to postgresql.auto.conf after the recovery settings.
     pub extra_settings: Vec<(String, String)>,
+    /// Who uses the set, for the lease (`mount`, `verify`).
+    pub command: String,
 }
 
 /// A file system ready to mount.
@@ -66,6 +71,8 @@ pub struct Prepared {
     pub plan: Option<RecoveryPlan>,
     /// Owner of the files.
     pub owner: Owner,
+    /// For a data directory: the lease that keeps expire from removing the sets it reads.
+    pub lease: Option<SetLease>,
 }
 
 /// Opens the stanzas (refusing a wrong passphrase), checks the set and target, and builds the
@@ -87,7 +94,7 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
             }
             tree.mark_filled(ROOT, Instant::now());
             let fs = MountFs::new(tree, Arc::clone(&reader), owner);
-            Ok(Prepared { fs, reader, manifest: None, plan: None, owner })
+            Ok(Prepared { fs, reader, manifest: None, plan: None, owner, lease: None })
         }
         Scope::DataDir(request) => {
             let owner = match owner {
@@ -118,6 +125,8 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
                     (repo.manifest(&label)?, None)
                 }
             };
+            let lease =
+                SetLease::take(&request.resolved.repo.path, &repo.name, &request.command, manifest.sets_needed())?;
             let manifest = Arc::new(manifest);
             let mut view = DataDirView::new(&reader, 0, Arc::clone(&manifest), plan.as_ref())?;
             view.settings.extend(request.extra_settings.iter().cloned());
@@ -126,7 +135,7 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
             view::build_data_dir(&mut tree, ROOT, &view, auto_conf.as_deref());
             tree.mark_filled(ROOT, Instant::now());
             let fs = MountFs::new(tree, Arc::clone(&reader), owner);
-            Ok(Prepared { fs, reader, manifest: Some(manifest), plan, owner })
+            Ok(Prepared { fs, reader, manifest: Some(manifest), plan, owner, lease: Some(lease) })
         }
     }
 }
@@ -175,6 +184,8 @@ pub fn serve(
         mount_ms: 0.0,
         pid: std::process::id(),
     };
+    // The lease lives as long as the mount.
+    let _lease = prepared.lease;
     let mounted = session::mount(prepared.fs, mountpoint)?;
     ready(&MountReport { mount_ms: started.elapsed().as_secs_f64() * 1000.0, ..report });
     wait_for_end(mounted, signals)

@@ -19,8 +19,9 @@ pub struct Mounted {
     mountpoint: PathBuf,
 }
 
-/// Mounts `fs` read-only at `mountpoint`, readable by every user (`allow_other`) with the kernel
-/// checking permissions. Returns once the kernel has accepted the mount.
+/// Mounts `fs` at `mountpoint` (read-only unless `fs` is writable), open to every user
+/// (`allow_other`) with the kernel checking permissions. Returns once the kernel has accepted
+/// the mount.
 pub fn mount(fs: MountFs, mountpoint: &Path) -> Result<Mounted> {
     let mountpoint = std::path::absolute(mountpoint).map_err(|e| Error::io("resolve", mountpoint, e))?;
     prepare_mountpoint(&mountpoint)?;
@@ -28,11 +29,13 @@ pub fn mount(fs: MountFs, mountpoint: &Path) -> Result<Mounted> {
     config.mount_options = vec![
         MountOption::FSName("pgfork".into()),
         MountOption::Subtype("pgfork".into()),
-        MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
     ];
+    if !fs.is_writable() {
+        config.mount_options.push(MountOption::RO);
+    }
     config.acl = SessionACL::All;
     config.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2);
     config.clone_fd = true;

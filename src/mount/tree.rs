@@ -149,6 +149,16 @@ impl Tree {
         ino
     }
 
+    /// Makes the existing node `ino` the entry `name` of `parent` (a rename).
+    pub fn attach(&mut self, parent: Ino, name: &str, ino: Ino) {
+        if let Some(node) = self.get_mut(ino) {
+            node.parent = parent;
+        }
+        if let Some(Kind::Dir { children, .. }) = self.get_mut(parent).map(|n| &mut n.kind) {
+            children.insert(name.to_string(), ino);
+        }
+    }
+
     /// The entry `name` of directory `parent`.
     pub fn child(&self, parent: Ino, name: &str) -> Option<Ino> {
         match &self.get(parent)?.kind {

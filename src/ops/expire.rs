@@ -13,6 +13,7 @@ use crate::ops::stanza_repo::StanzaRepo;
 use crate::pg::lsn::WalSegment;
 use crate::repo::archive::{Archive, WalFileKind, classify};
 use crate::repo::label::{BackupType, SetLabel};
+use crate::repo::lease::SetLease;
 use crate::repo::manifest::Manifest;
 use crate::repo::storage::Storage;
 
@@ -31,6 +32,8 @@ pub struct ExpireReport {
     pub wal_removed: u64,
     /// Sets whose manifest cannot be read: kept, and named here.
     pub unreadable: Vec<String>,
+    /// Sets retention would remove but a mount or verify is using: kept, with who uses them.
+    pub in_use: Vec<String>,
 }
 
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
@@ -46,7 +49,17 @@ pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Res
             if !manifests.iter().any(|m| &m.label == label) {
                 return Err(Error::refused(format!("backup {label} does not exist in stanza {}", repo.name), None));
             }
-            with_dependents(manifests, label)
+            let remove = with_dependents(manifests, label);
+            let leases = SetLease::held(&repo.settings.path, &repo.name)?;
+            if let Some((set, lease)) =
+                remove.iter().find_map(|set| leases.iter().find(|l| l.sets.contains(set)).map(|l| (set, l)))
+            {
+                return Err(Error::refused(
+                    format!("backup {set} is in use by {}", lease.holder()),
+                    Some("wait for it to finish (or unmount it), then expire again".into()),
+                ));
+            }
+            remove
         }
         None => {
             let mut victims = retention_victims(manifests, &repo.settings, Utc::now());
@@ -54,9 +67,25 @@ pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Res
             victims
         }
     };
+    let mut remove = remove;
+    let in_use = spare_leased(&repo, &mut remove)?;
     let mut report = remove_sets(&repo, manifests, &remove, dry_run)?;
     report.unreadable = readable.unreadable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+    report.in_use = in_use;
     Ok(report)
+}
+
+/// Takes the sets a mount or verify holds a lease on out of `remove`; returns them with their user.
+fn spare_leased(repo: &StanzaRepo, remove: &mut BTreeSet<SetLabel>) -> Result<Vec<String>> {
+    let mut in_use = Vec::new();
+    for lease in SetLease::held(&repo.settings.path, &repo.name)? {
+        for set in &lease.sets {
+            if remove.remove(set) {
+                in_use.push(format!("{set}: in use by {}", lease.holder()));
+            }
+        }
+    }
+    Ok(in_use)
 }
 
 /// Applies the retention policy after a backup (the caller holds the lock).
@@ -64,8 +93,10 @@ pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>) -> Result<ExpireRe
     let readable = repo.readable_manifests()?;
     let mut remove = retention_victims(&readable.manifests, &repo.settings, now);
     readable.protect(&mut remove);
+    let in_use = spare_leased(repo, &mut remove)?;
     let mut report = remove_sets(repo, &readable.manifests, &remove, false)?;
     report.unreadable = readable.unreadable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+    report.in_use = in_use;
     Ok(report)
 }
 

@@ -29,7 +29,14 @@ impl PgBin {
             candidates.push(PathBuf::from(dir));
         }
         if let Some(path) = std::env::var_os("PATH") {
-            candidates.extend(std::env::split_paths(&path).filter(|d| d.join("pg_ctl").is_file()));
+            // A pg_ctl on PATH is often a link into the real installation (/usr/local/bin/pg_ctl ->
+            // /usr/lib/postgresql/15/bin/pg_ctl): use the installation, which has every program.
+            candidates.extend(std::env::split_paths(&path).filter(|d| d.join("pg_ctl").is_file()).map(|d| {
+                std::fs::canonicalize(d.join("pg_ctl"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .unwrap_or(d)
+            }));
         }
         candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
         candidates.push(PathBuf::from(format!("/usr/pgsql-{major}/bin")));

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod codec;
 pub mod crypto;
 pub mod label;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod pack;

@@ -24,7 +24,7 @@ pub struct CheckOutcome {
 }
 
 /// Runs pg_amcheck (heap and B-tree checks, every index entry matched against the heap) on every
-/// database. amcheck cannot be installed on a server in recovery: when a database lacks it, the
+/// database, one job per core. amcheck cannot be installed on a server in recovery: when a database lacks it, the
 /// throwaway server is promoted first and the extension installed (said in the outcome).
 pub fn amcheck(server: &Server, interrupt: &Interrupt<'_>) -> Result<CheckOutcome> {
     let started = Instant::now();
@@ -58,7 +58,8 @@ pub fn amcheck(server: &Server, interrupt: &Interrupt<'_>) -> Result<CheckOutcom
         .arg(server.target.port.to_string())
         .arg("-U")
         .arg(&server.target.user)
-        .args(["--all", "--heapallindexed", "--no-strict-names"]);
+        .args(["--all", "--heapallindexed", "--no-strict-names", "--jobs"])
+        .arg(std::thread::available_parallelism().map_or(2, |n| n.get()).to_string());
     if !missing.is_empty() {
         command.arg("--install-missing");
     }

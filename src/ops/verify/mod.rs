@@ -1,7 +1,8 @@
 //! `verify`: proves that a backup set restores, without restoring it. The set is mounted as a data
-//! directory prepared to recover to its target, an overlay with its upper directory on local disk
-//! goes above it, and PostgreSQL starts there as the data's owner on a private socket, recovers
-//! to the target and pauses; then pg_amcheck and the user's SQL run against it in hot standby.
+//! directory prepared to recover to its target, writable copy-on-write into a scratch directory on
+//! local disk (or, with `--overlay`, read-only below a kernel overlay), and PostgreSQL starts there
+//! as the data's owner on a private socket, recovers to the target and pauses; then pg_amcheck
+//! and the user's SQL run against it in hot standby.
 //! Server, overlay and mount are torn down afterwards, also on failure or interruption, and the
 //! outcome is recorded with the set for `info`.
 
@@ -50,6 +51,9 @@ pub struct VerifyOptions {
     pub work: Option<PathBuf>,
     /// PostgreSQL binaries [default: found by version].
     pub bindir: Option<PathBuf>,
+    /// Boot on a kernel overlay above a read-only mount instead of the writable mount (the
+    /// overlay copies each file whole the first time the server opens it for writing).
+    pub overlay: bool,
 }
 
 /// Time one step took.
@@ -94,6 +98,8 @@ pub struct VerifyReport {
     pub checks: Vec<CheckOutcome>,
     /// Files whose reads failed (corrupt or missing runs).
     pub read_failures: Vec<ReadFailure>,
+    /// Bytes the server wrote to local disk (what verify needs instead of a restore's full copy).
+    pub local_disk_bytes: u64,
     /// Time per step.
     pub steps: Vec<Step>,
     /// Wall time, milliseconds.
@@ -150,15 +156,24 @@ pub fn verify(
         set: opts.set.clone(),
         recovery: Some(request.clone()),
         extra_settings: boot_settings(&stage, port),
+        command: "verify".into(),
     }));
     let prepared = prepare(&scope, Some(owner), DEFAULT_CACHE)?;
     let manifest = prepared.manifest.clone().expect("a data directory has a set");
     let reader = Arc::clone(&prepared.reader);
-    stage.hold_mount(session::mount(prepared.fs, &stage.lower())?);
-    lap("mount", &mut step);
-    stage.mount_overlay()?;
-    lap("overlay", &mut step);
-    let bin = PgBin::locate(manifest.pg_version, opts.bindir.as_deref().or(resolved.stanza.bindir.as_deref()), None)?;
+    // Held until verify returns: expire keeps the sets meanwhile.
+    let _lease = prepared.lease;
+    if opts.overlay {
+        stage.hold_mount(session::mount(prepared.fs, &stage.lower())?);
+        lap("mount", &mut step);
+        stage.mount_overlay()?;
+        lap("overlay", &mut step);
+    } else {
+        stage.hold_mount(session::mount(prepared.fs.writable(&stage.scratch()), &stage.data())?);
+        lap("mount", &mut step);
+    }
+    let bindir = opts.bindir.as_deref().or(resolved.stanza.bindir.as_deref());
+    let bin = PgBin::locate(manifest.pg_version, bindir, Some(&resolved.stanza.data))?;
     let sql_copies = copy_sql_files(&stage, &opts.sql, owner)?;
     stage.server = Some(Server {
         bin,
@@ -216,6 +231,7 @@ pub fn verify(
         failure,
         checks,
         read_failures,
+        local_disk_bytes: stage.local_disk_bytes(),
         steps,
         duration_ms: ms(started),
         kept: None,

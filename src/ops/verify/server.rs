@@ -37,12 +37,13 @@ impl<'a> Interrupt<'a> {
 
     /// Runs `command` to completion, capturing its output; kills it when a signal arrives.
     pub fn output(&self, mut command: Command, what: &str) -> Result<Output> {
+        let program = PathBuf::from(command.get_program());
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::io("run", what, e))?;
+            .map_err(|e| Error::io("run", &program, e))?;
         // Drain the pipes on threads so a chatty program cannot block on a full pipe.
         let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
             std::thread::spawn(move || {
@@ -117,26 +118,37 @@ impl Server {
         Ok(())
     }
 
-    /// Waits until recovery pauses at its target. Fails with the server log when the server stops
-    /// instead (recovery ended before the target, missing WAL, corrupt data).
+    /// Waits until recovery pauses at its target. Fails with the server log as soon as the server
+    /// stops instead (recovery ended before the target, missing WAL, corrupt data).
     pub fn wait_for_target(&self, interrupt: &Interrupt<'_>) -> Result<Reached> {
-        let session = Session::connect_retry(&self.target, Duration::from_secs(60))?;
         let started = Instant::now();
+        let mut session: Option<Session> = None;
         loop {
             interrupt.check()?;
-            let row = session.query_one(
+            if !self.is_alive() {
+                return Err(Error::invalid(
+                    "the verification server",
+                    format!("stopped before reaching the target\n{}", self.log_tail()),
+                ));
+            }
+            if started.elapsed() > Duration::from_secs(3600) {
+                return Err(Error::invalid("the verification server", "did not reach the target within an hour"));
+            }
+            if session.is_none() {
+                session = Session::connect(&self.target).ok();
+            }
+            let Some(open) = &session else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let row = open.query_one(
                 "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END, \
                  coalesce(pg_last_wal_replay_lsn()::text, ''), pg_last_xact_replay_timestamp()::text",
                 &[],
             );
-            let row = match row {
-                Ok(row) => row,
-                Err(e) => {
-                    return Err(Error::invalid(
-                        "the verification server",
-                        format!("stopped before reaching the target ({e})\n{}", self.log_tail()),
-                    ));
-                }
+            let Ok(row) = row else {
+                session = None;
+                continue;
             };
             let (in_recovery, pause, lsn, time): (bool, String, String, Option<String>) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -149,11 +161,13 @@ impl Server {
             if pause == "paused" {
                 return Ok(Reached { lsn, time });
             }
-            if started.elapsed() > Duration::from_secs(3600) {
-                return Err(Error::invalid("the verification server", "did not reach the target within an hour"));
-            }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the postmaster is running.
+    pub fn is_alive(&self) -> bool {
+        PostmasterPid::read(&self.data).ok().flatten().is_some_and(|p| p.is_alive())
     }
 
     /// Stops the server at once (nothing it holds is kept); kills it if pg_ctl cannot.

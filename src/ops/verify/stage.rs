@@ -1,6 +1,7 @@
-//! The scratch stage of a verification: a work directory holding the FUSE mount point, the
-//! overlay's upper and work directories on local disk, the merged data directory, the server's
-//! socket directory, pg_hba.conf and log. Whatever was set up is torn down in reverse order —
+//! The scratch stage of a verification: a work directory holding the data directory (the
+//! writable FUSE mount, with its scratch directory on local disk; or, with `--overlay`, a kernel
+//! overlay whose upper and work directories are on local disk above a read-only FUSE mount), the
+//! server's socket directory, pg_hba.conf and log. Whatever was set up is torn down in reverse order —
 //! server, overlay, mount, directory — when the stage is dropped, also after an error or an
 //! interruption.
 
@@ -42,11 +43,12 @@ impl Stage {
             Stage { root: root.to_path_buf(), owner, server: None, overlay: false, mounted: None, keep_dir: false };
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).at("chmod", root)?;
         for (dir, mode, owned) in [
+            ("data", 0o700, true),
+            ("run", 0o700, true),
+            ("scratch", 0o700, false),
             ("lower", 0o755, false),
             ("upper", 0o700, true),
             ("work", 0o700, false),
-            ("data", 0o700, true),
-            ("run", 0o700, true),
         ] {
             let path = root.join(dir);
             std::fs::create_dir(&path).at("create directory", &path)?;
@@ -65,14 +67,19 @@ impl Stage {
         Ok(stage)
     }
 
-    /// The FUSE mount point.
+    /// The FUSE mount point below an overlay.
     pub fn lower(&self) -> PathBuf {
         self.root.join("lower")
     }
 
-    /// The data directory the server runs on (the overlay).
+    /// The data directory the server runs on: the writable FUSE mount, or the overlay above it.
     pub fn data(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// Where the writable FUSE mount keeps the blocks the server writes.
+    pub fn scratch(&self) -> PathBuf {
+        self.root.join("scratch")
     }
 
     /// The server's socket directory.
@@ -111,6 +118,19 @@ impl Stage {
         result.map_err(|e| Error::io("mount overlay at", &data, e.into()))?;
         self.overlay = true;
         Ok(())
+    }
+
+    /// Bytes the server's writes take on local disk: the scratch files, or the overlay's upper
+    /// directory (allocated blocks, so sparse files count what they hold).
+    pub fn local_disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        [self.scratch(), self.root.join("upper")]
+            .iter()
+            .flat_map(|dir| walkdir::WalkDir::new(dir).min_depth(1).into_iter().filter_map(|e| e.ok()))
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.blocks() * 512)
+            .sum()
     }
 
     /// Leaves the work directory in place (the log stays readable after a failure).
