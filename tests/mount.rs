@@ -333,7 +333,7 @@ fn faults_under_a_mount() {
     let reading = stanza.join(&second).join(&pg_class);
     let expected = std::fs::read(&reading).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
+    let fourth = std::thread::scope(|scope| {
         let reader = scope.spawn(|| {
             let mut reads = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -354,7 +354,37 @@ fn faults_under_a_mount() {
         assert_eq!(std::fs::read_link(stanza.join("latest")).unwrap(), PathBuf::from(&fourth));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
+        fourth
     });
+
+    // verify --keep keeps the server until interrupted, then tears everything down.
+    let work = dir.path().join("kept");
+    let log = dir.path().join("kept.log");
+    let mut cmd = Command::new(server_side_pgfork());
+    cmd.args(["verify", "--set", &fourth, "--keep", "--work", work.to_str().unwrap()]);
+    cmd.arg("--config").arg(&repo.config);
+    let mut verify = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&log).unwrap())
+        .stderr(File::create(dir.path().join("kept.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(dir.path().join("kept.err")).unwrap().contains("kept running") {
+        assert!(
+            verify.try_wait().unwrap().is_none(),
+            "verify --keep exited: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(Instant::now() < deadline, "verify --keep never reported its server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(work.join("data/postmaster.pid").exists());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(verify.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = verify.wait().unwrap();
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(!work.exists(), "the work directory outlived the interrupted verify");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(work.to_str().unwrap()));
 
     // verify of the damaged set fails and names the file.
     let out = repo.run(&["verify", "--set", &second, "--amcheck", "--output", "json"]);
