@@ -26,7 +26,7 @@ use crate::mount::fs::{MountFs, Owner};
 use crate::mount::session::Mounted;
 use crate::mount::tree::{Fill, Node, ROOT, Tree};
 use crate::mount::view::{DataDirView, Loaded};
-use crate::ops::recovery::{self, RecoveryPlan, RecoveryRequest, choose_set, restore_command};
+use crate::ops::recovery::{RecoveryPlan, RecoveryRequest, set_and_plan};
 use crate::ops::stanza_repo::StanzaRepo;
 use crate::repo::label::SetLabel;
 use crate::repo::lease::SetLease;
@@ -104,27 +104,12 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
             let repo = StanzaRepo::open(&request.resolved)?;
             let reader = Arc::new(ContentReader::new(vec![repo], cache_bytes)?);
             let repo = &reader.stanzas()[0];
-            let (manifest, plan) = match &request.recovery {
-                Some(recovery) => {
-                    let mut manifests = repo.manifests()?;
-                    let label = choose_set(&manifests, request.set.as_ref(), &recovery.target)?;
-                    let chosen = manifests.iter().position(|m| m.label == label).expect("chosen among them");
-                    let manifest = manifests.swap_remove(chosen);
-                    let command = restore_command(request.resolved.config_path.as_deref(), &request.resolved.name);
-                    let plan = recovery::plan(repo, &manifest, recovery, &command)?;
-                    (manifest, Some(plan))
-                }
-                None => {
-                    let label = match &request.set {
-                        Some(label) => label.clone(),
-                        None => repo
-                            .labels()?
-                            .pop()
-                            .ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
-                    };
-                    (repo.manifest(&label)?, None)
-                }
-            };
+            let (manifest, plan) = set_and_plan(
+                repo,
+                request.resolved.config_path.as_deref(),
+                request.set.as_ref(),
+                request.recovery.as_ref(),
+            )?;
             let lease =
                 SetLease::take(&request.resolved.repo.path, &repo.name, &request.command, manifest.sets_needed())?;
             let manifest = Arc::new(manifest);

@@ -187,13 +187,7 @@ impl MountFs {
         let writes = self.writes()?;
         let mut tree = self.tree().write().expect("tree lock");
         let ino = tree.child(parent, name).ok_or(Errno::ENOENT)?;
-        match (&tree.get(ino).ok_or(Errno::ENOENT)?.kind, dir) {
-            (Kind::Dir { children, .. }, true) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
-            (Kind::Dir { .. }, false) => return Err(Errno::EISDIR),
-            (Kind::Dir { .. }, true) => {}
-            (_, true) => return Err(Errno::ENOTDIR),
-            (_, false) => {}
-        }
+        removable(&tree.get(ino).ok_or(Errno::ENOENT)?.kind, dir)?;
         tree.retain(parent, |n| n != name);
         // Its scratch data is freed now: PostgreSQL closes a file before removing it.
         writes.drop_layer(ino);
@@ -227,17 +221,23 @@ impl MountFs {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 return Err(Errno::EEXIST);
             }
-            match (&tree.get(existing).ok_or(Errno::ENOENT)?.kind, is_dir) {
-                (Kind::Dir { children, .. }, true) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
-                (Kind::Dir { .. }, false) => return Err(Errno::EISDIR),
-                (Kind::Dir { .. }, true) => {}
-                (_, true) => return Err(Errno::ENOTDIR),
-                (_, false) => {}
-            }
+            removable(&tree.get(existing).ok_or(Errno::ENOENT)?.kind, is_dir)?;
             writes.drop_layer(existing);
         }
         tree.retain(parent, |n| n != name);
         tree.attach(new_parent, new_name, ino);
         Ok(())
+    }
+}
+
+/// Whether a node of `kind` may be removed (or replaced) as a directory (`dir`) or as a file:
+/// the errors `rmdir`, `unlink` and `rename` give.
+fn removable(kind: &Kind, dir: bool) -> Result<(), Errno> {
+    match (kind, dir) {
+        (Kind::Dir { children, .. }, true) if !children.is_empty() => Err(Errno::ENOTEMPTY),
+        (Kind::Dir { .. }, false) => Err(Errno::EISDIR),
+        (Kind::Dir { .. }, true) => Ok(()),
+        (_, true) => Err(Errno::ENOTDIR),
+        (_, false) => Ok(()),
     }
 }

@@ -175,6 +175,36 @@ pub fn choose_set(manifests: &[Manifest], named: Option<&SetLabel>, target: &Tar
     Ok(chosen.label.clone())
 }
 
+/// The set to restore or mount and, with a recovery request, its checked plan: for a request the
+/// set [`choose_set`] picks (or `named`), else `named` or the newest set.
+pub fn set_and_plan(
+    repo: &StanzaRepo,
+    config: Option<&Path>,
+    named: Option<&SetLabel>,
+    request: Option<&RecoveryRequest>,
+) -> Result<(Manifest, Option<RecoveryPlan>)> {
+    match request {
+        Some(request) => {
+            let mut manifests = repo.manifests()?;
+            let label = choose_set(&manifests, named, &request.target)?;
+            let chosen = manifests.iter().position(|m| m.label == label).expect("chosen among them");
+            let manifest = manifests.swap_remove(chosen);
+            let plan = plan(repo, &manifest, request, &restore_command(config, &repo.name))?;
+            Ok((manifest, Some(plan)))
+        }
+        None => {
+            let label = match named {
+                Some(label) => label.clone(),
+                None => repo
+                    .labels()?
+                    .pop()
+                    .ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
+            };
+            Ok((repo.manifest(&label)?, None))
+        }
+    }
+}
+
 /// Checks the archive holds every segment recovery needs from `set` to the target, and returns the
 /// plan. Fails naming the first missing segment, or when the target lies past the archive's end.
 pub fn plan(

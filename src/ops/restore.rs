@@ -16,7 +16,7 @@ use crate::config::Resolved;
 use crate::cow::fs_kind::is_clone_unsupported;
 use crate::error::{Error, IoContext, Result};
 use crate::ops::identity::become_owner_of;
-use crate::ops::recovery::{self, RecoveryPlan, RecoveryRequest, choose_set, restore_command};
+use crate::ops::recovery::{RecoveryPlan, RecoveryRequest, set_and_plan};
 use crate::ops::stanza_repo::StanzaRepo;
 use crate::pg::backup_label::tablespace_map;
 use crate::pg::conf::set_auto_conf;
@@ -90,27 +90,8 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     let started = Instant::now();
     become_owner_of(&resolved.repo.path)?;
     let repo = StanzaRepo::open(resolved)?;
-    let (manifest, plan) = match &opts.recovery {
-        Some(request) => {
-            let mut manifests = repo.manifests()?;
-            let label = choose_set(&manifests, opts.set.as_ref(), &request.target)?;
-            let chosen = manifests.iter().position(|m| m.label == label).expect("chosen among them");
-            let manifest = manifests.swap_remove(chosen);
-            let command = restore_command(resolved.config_path.as_deref(), &resolved.name);
-            let plan = recovery::plan(&repo, &manifest, request, &command)?;
-            (manifest, Some(plan))
-        }
-        None => {
-            let label = match &opts.set {
-                Some(label) => label.clone(),
-                None => repo
-                    .labels()?
-                    .pop()
-                    .ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
-            };
-            (repo.manifest(&label)?, None)
-        }
-    };
+    let (manifest, plan) =
+        set_and_plan(&repo, resolved.config_path.as_deref(), opts.set.as_ref(), opts.recovery.as_ref())?;
     let label = manifest.label.clone();
     let target = &opts.data;
     if opts.dry_run {
