@@ -386,6 +386,27 @@ fn faults_under_a_mount() {
     assert!(!work.exists(), "the work directory outlived the interrupted verify");
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(work.to_str().unwrap()));
 
+    // A verify killed outright leaves its server and work directory; the next verify removes them.
+    let err_log = dir.path().join("killed.err");
+    let mut cmd = Command::new(server_side_pgfork());
+    cmd.args(["verify", "--set", &fourth, "--keep", "--config", repo.config.to_str().unwrap()]);
+    let mut killed =
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(File::create(&err_log).unwrap()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&err_log).unwrap().contains("kept running") {
+        assert!(killed.try_wait().unwrap().is_none() && Instant::now() < deadline, "verify --keep did not keep");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = PathBuf::from(format!("/var/tmp/pgfork-verify-main-{}", killed.id()));
+    assert!(left.join("run").exists());
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(left.exists());
+    let out = repo.run(&["verify", "--set", &fourth]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left by a verify that was killed"));
+    assert!(!left.exists(), "the killed verify's work directory is still there");
+
     // verify of the damaged set fails and names the file.
     let out = repo.run(&["verify", "--set", &second, "--amcheck", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));

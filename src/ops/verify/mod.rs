@@ -138,10 +138,10 @@ pub fn verify(
             .map(|u| u.name)
             .ok_or_else(|| Error::refused(format!("uid {} has no user name", owner.uid), None))?,
     };
-    let work = opts
-        .work
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/pgfork-verify-{}-{}", resolved.name, std::process::id())));
+    for stale in stage::remove_stale(&resolved.name) {
+        eprintln!("pgfork: removed {} (left by a verify that was killed)", stale.display());
+    }
+    let work = opts.work.clone().unwrap_or_else(|| stage::default_work_dir(&resolved.name, std::process::id()));
     let mut stage = Stage::create(&work, owner)?;
     let port = free_port()?;
     let mut steps = Vec::new();

@@ -179,6 +179,49 @@ impl Stage {
     }
 }
 
+/// The default work directory of a verify of `stanza` by process `pid`.
+pub fn default_work_dir(stanza: &str, pid: u32) -> PathBuf {
+    PathBuf::from(format!("/var/tmp/pgfork-verify-{stanza}-{pid}"))
+}
+
+/// Tears down what verifies of `stanza` that were killed (SIGKILL, a crash) left in their default
+/// work directories: the server still running on a dead mount is stopped, the mounts detached,
+/// the directory removed. Returns the directories removed.
+pub fn remove_stale(stanza: &str) -> Vec<PathBuf> {
+    let prefix = format!("pgfork-verify-{stanza}-");
+    let Ok(entries) = std::fs::read_dir("/var/tmp") else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if alive {
+            continue;
+        }
+        let root = entry.path();
+        // The socket lock file names the postmaster (postmaster.pid is on the dead mount).
+        let socket_locks = std::fs::read_dir(root.join("run")).into_iter().flatten().filter_map(|e| e.ok());
+        for lock in socket_locks.filter(|e| e.file_name().to_string_lossy().ends_with(".lock")) {
+            let text = std::fs::read_to_string(lock.path()).unwrap_or_default();
+            if let Some(server) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+                && crate::pg::datadir::process_is_postgres(server)
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        for mountpoint in [root.join("data"), root.join("lower")] {
+            if crate::mount::session::mount_type(&mountpoint).is_some() {
+                let _ = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if std::fs::remove_dir_all(&root).is_ok() {
+            removed.push(root);
+        }
+    }
+    removed
+}
+
 impl Drop for Stage {
     fn drop(&mut self) {
         for problem in self.teardown() {
