@@ -15,7 +15,9 @@ pub struct Beat {
     pub lsn: String,
 }
 
-pub const HEARTBEAT_SQL: &str = "INSERT INTO heartbeat (ts, txid, lsn) VALUES (clock_timestamp(), txid_current(), pg_current_wal_lsn()) \
+/// The row records the WAL insert position as the statement starts (before its own records); the
+/// write position (`pg_current_wal_lsn`) can lag behind it.
+pub const HEARTBEAT_SQL: &str = "INSERT INTO heartbeat (ts, txid, lsn) VALUES (clock_timestamp(), txid_current(), pg_current_wal_insert_lsn()) \
      RETURNING id, ts::text, extract(epoch FROM ts)::float8, txid, lsn::text";
 
 /// Writes a heartbeat every 100 ms for `count` beats; after beat `restore_point_after` creates the

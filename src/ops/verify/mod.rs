@@ -119,6 +119,12 @@ pub fn verify(
     on_kept: impl FnOnce(&VerifyReport),
 ) -> Result<VerifyReport> {
     let started = Instant::now();
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err(Error::refused(
+            "verify mounts file systems and starts PostgreSQL as the data's owner",
+            Some("run it as root".into()),
+        ));
+    }
     let interrupt = Interrupt::new(signals);
     let request = match &opts.recovery {
         Some(request) => RecoveryRequest { action: TargetAction::Pause, ..request.clone() },
