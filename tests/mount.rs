@@ -223,6 +223,20 @@ fn verify_to_a_time_target(version: &PgVersion) {
         ),
     )
     .unwrap();
+    // Mounted for that target: recovery.signal, the target in postgresql.auto.conf, and in pg_wal
+    // the archived segments after the set's own.
+    let mp = dir.path().join("target");
+    let mount = MountProcess::start(&repo, &mp, &["--type", "time", "--target", &target.ts]);
+    assert!(mp.join("recovery.signal").is_file());
+    let conf = std::fs::read_to_string(mp.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains(&format!("recovery_target_time = '{}'", target.ts)), "{conf}");
+    assert!(conf.contains("recovery_target_action = 'pause'") && conf.contains("archive-get"), "{conf}");
+    let backup_label = std::fs::read_to_string(mp.join("backup_label")).unwrap();
+    let start_wal = backup_label.lines().next().unwrap().rsplit(' ').next().unwrap().trim_end_matches(')').to_string();
+    let wal: Vec<String> = tree(&mp.join("pg_wal")).into_iter().filter(|n| n.len() == 24).collect();
+    assert!(wal.len() >= 2 && wal[0] == start_wal, "pg_wal of the target view: {wal:?} (start {start_wal})");
+    drop(mount);
+
     let out = repo.run(&[
         "verify",
         "--type",
@@ -440,3 +454,51 @@ fn faults_under_a_mount() {
     assert!(!is_pgfork_mount(&mp));
     repo.ok(&["expire", "--set", &second]);
 }
+
+fn a_set_with_a_tablespace(version: &PgVersion) {
+    let mut cluster = Cluster::init(version, None);
+    cluster.start();
+    let ts_dir = PgDir::new(None, "ts-");
+    cluster.psql("postgres", &format!("CREATE TABLESPACE extra LOCATION '{}'", ts_dir.path().display()));
+    cluster.psql("postgres", "CREATE TABLE far TABLESPACE extra AS SELECT g AS id FROM generate_series(1, 5000) g");
+    cluster.psql("postgres", "CHECKPOINT");
+    let repo = RepoSetup::new(&cluster, None, "");
+    repo.ok(&["stanza-create"]);
+    let label = repo.backup("full")["label"].as_str().unwrap().to_string();
+
+    // The tablespace is shown in place under pg_tblspc, with the files' bytes.
+    let dir = PgDir::new(None, "mount-ts-");
+    let mp = dir.path().join("set");
+    let _mount = MountProcess::start(&repo, &mp, &["--set", &label]);
+    let oid = cluster.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
+    let far = cluster.psql("postgres", "SELECT pg_relation_filepath('far')");
+    assert!(far.starts_with(&format!("pg_tblspc/{oid}/")), "{far}");
+    assert!(std::fs::symlink_metadata(mp.join("pg_tblspc").join(&oid)).unwrap().is_dir());
+    let on_disk = std::fs::read(ts_dir.path().join(far.splitn(3, '/').nth(2).unwrap())).unwrap();
+    assert!(std::fs::read(mp.join(&far)).unwrap() == on_disk, "{far} differs from the cluster's file");
+    assert!(!mp.join("tablespace_map").exists());
+    let conf = std::fs::read_to_string(mp.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("allow_in_place_tablespaces = 'on'"), "{conf}");
+
+    // And it boots there, the table readable, without touching the cluster's own tablespace.
+    let check = dir.path().join("far.sql");
+    std::fs::write(
+        &check,
+        "DO $$ BEGIN IF (SELECT count(*) FROM far) <> 5000 THEN RAISE EXCEPTION 'far is incomplete'; END IF; END $$;",
+    )
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&repo.ok(&[
+        "verify",
+        "--set",
+        &label,
+        "--amcheck",
+        "--sql",
+        check.to_str().unwrap(),
+        "--output",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(report["proven"], true, "{report}");
+    assert_eq!(std::fs::read(ts_dir.path().join(far.splitn(3, '/').nth(2).unwrap())).unwrap(), on_disk);
+}
+on_each_version!(a_set_with_a_tablespace_15, a_set_with_a_tablespace_18, a_set_with_a_tablespace);
