@@ -71,6 +71,7 @@ pub enum Command {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
+    quiet_broken_pipe();
     let program = std::env::args_os()
         .next()
         .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -168,4 +169,17 @@ fn confirm(question: &str) -> anyhow::Result<()> {
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// A reader that went away (`pgfork info | head`) ends the program without a panic message:
+/// printing to a closed pipe panics in the standard library, and the unwinding still runs every
+/// clean-up on the way out.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        if !(message.starts_with("failed printing to stdout") && message.contains("Broken pipe")) {
+            default(info);
+        }
+    }));
 }

@@ -65,7 +65,13 @@ impl VerifyArgs {
             overlay: self.overlay,
         };
         let output = self.output;
-        let report = verify(&resolved, &opts, &signals, |report| print_kept(report, output))
+        let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let say = |step: &str| {
+            if interactive {
+                eprintln!("pgfork: verify: {step}");
+            }
+        };
+        let report = verify(&resolved, &opts, &signals, &say, |report| print_kept(report, output))
             .with_context(|| format!("verify of stanza {}", resolved.name))?;
         match output {
             Output::Json => super::print_json(&report)?,

@@ -110,12 +110,13 @@ pub struct VerifyReport {
 
 /// Verifies a set. Errors are for what kept the verification from running (bad arguments, no
 /// binaries, a file system that cannot mount); a backup that fails to prove itself gives a report
-/// with `proven` false. `signals` interrupts it; `on_kept` is told about a kept server before the
-/// wait for the signal that ends it.
+/// with `proven` false. `signals` interrupts it; `say` hears each step as it begins (for people
+/// watching); `on_kept` is told about a kept server before the wait for the signal that ends it.
 pub fn verify(
     resolved: &Resolved,
     opts: &VerifyOptions,
     signals: &Receiver<Signal>,
+    say: &dyn Fn(&str),
     on_kept: impl FnOnce(&VerifyReport),
 ) -> Result<VerifyReport> {
     let started = Instant::now();
@@ -166,6 +167,7 @@ pub fn verify(
     }));
     let prepared = prepare(&scope, Some(owner), DEFAULT_CACHE)?;
     let manifest = prepared.manifest.clone().expect("a data directory has a set");
+    say(&format!("mounting backup {} in {}", manifest.label, work.display()));
     let reader = Arc::clone(&prepared.reader);
     // Held until verify returns: expire keeps the sets meanwhile.
     let _lease = prepared.lease;
@@ -193,10 +195,12 @@ pub fn verify(
     let mut checks = Vec::new();
     let mut reached = None;
     let mut failure = None;
+    say(&format!("starting PostgreSQL {} on the set (port {port})", manifest.pg_version));
     match server.start(&interrupt) {
         Err(e) => failure = Some(format!("the server did not start on the mounted set: {e}")),
         Ok(()) => {
             lap("start", &mut step);
+            say(&format!("recovering to the target: {}", describe_target(&request.target)));
             match server.wait_for_target(&interrupt) {
                 Err(e) => failure = Some(format!("recovery did not reach the target: {e}")),
                 Ok(at) => {
@@ -209,9 +213,11 @@ pub fn verify(
     interrupt.check()?;
     if reached.is_some() {
         for (name, copy) in &sql_copies {
+            say(&format!("running {}", name.display()));
             checks.push(checks::sql_file(server, name, copy, &interrupt)?);
         }
         if opts.amcheck {
+            say("running pg_amcheck on every database");
             checks.push(checks::amcheck(server, &interrupt)?);
         }
         if checks.iter().any(|c| !c.passed) && failure.is_none() {
@@ -260,6 +266,7 @@ pub fn verify(
         let _ = signals.recv();
         report.kept = None;
     }
+    say("stopping the server and unmounting");
     let teardown = Instant::now();
     let problems = stage.teardown();
     report.steps.push(Step { name: "teardown".into(), ms: ms(teardown) });
