@@ -156,6 +156,18 @@ fn a_timeline_switch_and_pitr_onto_the_new_timeline() {
     // PITR again, to a time on timeline 2: from the timeline-1 backup through the switch.
     let (id, _) = recover(&cluster, &repo, &["--type", "time", "--target", &tl2_target, "--target-timeline", "latest"]);
     assert!(id > beats[10].id, "recovery did not follow timeline 2 (last beat {id})");
+    // verify boots the same recovery on a mount (history file and timeline-2 WAL in its pg_wal).
+    let check = dir.path().join("timeline2.sql");
+    std::fs::write(
+        &check,
+        format!(
+            "DO $$ BEGIN IF (SELECT max(id) FROM heartbeat) <> {id} THEN \
+             RAISE EXCEPTION 'verify landed elsewhere than restore'; END IF; END $$;"
+        ),
+    )
+    .unwrap();
+    let check = check.to_str().unwrap();
+    repo.ok(&["verify", "--type", "time", "--target", &tl2_target, "--target-timeline", "latest", "--sql", check]);
     let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
     assert!(info["archive"].as_array().unwrap().iter().any(|a| a["timeline"] == 2), "{info}");
 }
