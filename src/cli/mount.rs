@@ -51,9 +51,7 @@ impl MountArgs {
                 resolved: config.resolve(self.repo.stanza.as_deref())?,
                 set: self.set.clone(),
                 recovery,
-                // A server booted through an overlay must not open every file at startup to sync
-                // it: the overlay would copy each one up whole.
-                extra_settings: vec![("recovery_init_sync_method".into(), "syncfs".into())],
+                extra_settings: Vec::new(),
                 command: "mount".into(),
             }))
         } else {

@@ -4,7 +4,7 @@
 //! it belongs to, so `verify` can name it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use lru::LruCache;
 use serde::Serialize;
@@ -16,6 +16,9 @@ use crate::repo::archive::Archive;
 use crate::repo::label::SetLabel;
 use crate::repo::manifest::{Manifest, RunRef};
 use crate::repo::read::RunReader;
+
+/// PostgreSQL's default WAL segment size, for a stanza without a set to tell.
+pub const DEFAULT_SEGMENT: u64 = 16 << 20;
 
 /// Bytes decoded ahead of a sequential reader.
 const READAHEAD: u64 = 2 * 1024 * 1024;
@@ -40,6 +43,8 @@ struct Cache {
     entries: LruCache<Key, Arc<Vec<u8>>>,
     bytes: usize,
     limit: usize,
+    /// Keys some thread is decoding now: others wait for it instead of decoding them again.
+    loading: HashSet<Key>,
 }
 
 impl Cache {
@@ -65,8 +70,11 @@ impl Cache {
 pub struct ContentReader {
     stanzas: Vec<StanzaRepo>,
     cache: Mutex<Cache>,
-    loading: Mutex<HashSet<Key>>,
-    sequential: Mutex<HashMap<(usize, SetLabel, usize), u64>>,
+    loaded: Condvar,
+    segment_sizes: Vec<OnceLock<u64>>,
+    /// Where the last read of each file ended, by (manifest, file index): a read starting there
+    /// is sequential.
+    sequential: Mutex<HashMap<(usize, usize), u64>>,
     failures: Mutex<Vec<ReadFailure>>,
     pool: rayon::ThreadPool,
 }
@@ -79,10 +87,17 @@ impl ContentReader {
             .thread_name(|i| format!("pgfork-readahead-{i}"))
             .build()
             .map_err(|e| Error::invalid("readahead threads", e.to_string()))?;
+        let segment_sizes = stanzas.iter().map(|_| OnceLock::new()).collect();
         Ok(ContentReader {
             stanzas,
-            cache: Mutex::new(Cache { entries: LruCache::unbounded(), bytes: 0, limit: cache_bytes }),
-            loading: Mutex::new(HashSet::new()),
+            cache: Mutex::new(Cache {
+                entries: LruCache::unbounded(),
+                bytes: 0,
+                limit: cache_bytes,
+                loading: HashSet::new(),
+            }),
+            loaded: Condvar::new(),
+            segment_sizes,
             sequential: Mutex::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
             pool,
@@ -121,20 +136,36 @@ impl ContentReader {
                 Ok(slice(&bytes, offset, size).to_vec())
             }
             Content::Archived { stanza, name } => {
-                let key = Key::Archived { stanza: *stanza, name: name.clone() };
-                let bytes = self.cached(key, || self.archived(*stanza, name))?;
+                let bytes = self.archived(*stanza, name)?;
                 Ok(slice(&bytes, offset, size).to_vec())
             }
             Content::SetFile { stanza, manifest, index } => self.read_set_file(*stanza, manifest, *index, offset, size),
         }
     }
 
-    /// The whole archived file `name` of stanza `stanza`, decoded.
-    pub fn archived(&self, stanza: usize, name: &str) -> Result<Vec<u8>> {
-        let repo = &self.stanzas[stanza];
-        Archive::new(&repo.storage, &repo.codec, &repo.name).get(name)?.ok_or_else(|| {
-            Error::invalid(format!("stanza {}, archived WAL {name}", repo.name), "no longer in the archive")
+    /// The whole archived file `name` of stanza `stanza`, decoded (through the cache).
+    pub fn archived(&self, stanza: usize, name: &str) -> Result<Arc<Vec<u8>>> {
+        self.cached(Key::Archived { stanza, name: name.to_string() }, || {
+            let repo = &self.stanzas[stanza];
+            Archive::new(&repo.storage, &repo.codec, &repo.name).get(name)?.ok_or_else(|| {
+                Error::invalid(format!("stanza {}, archived WAL {name}", repo.name), "no longer in the archive")
+            })
         })
+    }
+
+    /// The WAL segment size of stanza `stanza`: from its newest set (looked up once), else
+    /// PostgreSQL's default.
+    pub fn segment_size(&self, stanza: usize) -> Result<u64> {
+        if let Some(size) = self.segment_sizes[stanza].get() {
+            return Ok(*size);
+        }
+        let repo = &self.stanzas[stanza];
+        let newest = match repo.labels()?.pop() {
+            Some(label) => Manifest::load(&repo.storage, &repo.codec, &repo.name, &label)?,
+            None => None,
+        };
+        let size = newest.and_then(|m| m.segment_size()).unwrap_or(DEFAULT_SEGMENT);
+        Ok(*self.segment_sizes[stanza].get_or_init(|| size))
     }
 
     fn read_set_file(
@@ -175,7 +206,7 @@ impl ContentReader {
     /// After a read that continues the previous one of the same file, decodes the runs of the next
     /// [`READAHEAD`] bytes on the readahead threads.
     fn read_ahead(self: &Arc<Self>, stanza: usize, manifest: &Arc<Manifest>, index: usize, offset: u64, end: u64) {
-        let key = (stanza, manifest.label.clone(), index);
+        let key = (Arc::as_ptr(manifest) as usize, index);
         let sequential = {
             let mut last = self.sequential.lock().expect("sequential lock");
             if last.len() > 4096 {
@@ -196,18 +227,15 @@ impl ContentReader {
             ahead += extent.len;
             let Some(run) = &extent.run else { continue };
             let key = run_key(stanza, run);
-            if self.cache.lock().expect("cache lock").entries.contains(&key)
-                || !self.loading.lock().expect("loading lock").insert(key.clone())
-            {
+            let cache = self.cache.lock().expect("cache lock");
+            if cache.entries.contains(&key) || cache.loading.contains(&key) {
                 continue;
             }
+            drop(cache);
             let this = Arc::clone(self);
             let (run, path) = (run.clone(), entry.path.clone());
-            self.pool.spawn(move || {
-                // A failure here is reported when the reader gets to it.
-                let _ = this.run(stanza, &run, &path);
-                this.loading.lock().expect("loading lock").remove(&key);
-            });
+            // A failure here is reported when the reader gets to it.
+            self.pool.spawn(move || drop(this.run(stanza, &run, &path)));
         }
     }
 
@@ -218,13 +246,30 @@ impl ContentReader {
         })
     }
 
+    /// The cached value of `key`, or `load`'s. Each key is decoded by one thread at a time: the
+    /// others (readers of the same run, readahead) wait for it.
     fn cached(&self, key: Key, load: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self.cache.lock().expect("cache lock").get(&key) {
-            return Ok(hit);
+        let mut cache = self.cache.lock().expect("cache lock");
+        loop {
+            if let Some(hit) = cache.get(&key) {
+                return Ok(hit);
+            }
+            if !cache.loading.contains(&key) {
+                break;
+            }
+            cache = self.loaded.wait(cache).expect("cache lock");
         }
-        let value = Arc::new(load()?);
-        self.cache.lock().expect("cache lock").put(key, Arc::clone(&value));
-        Ok(value)
+        cache.loading.insert(key.clone());
+        drop(cache);
+        let value = load().map(Arc::new);
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.loading.remove(&key);
+        if let Ok(value) = &value {
+            cache.put(key, Arc::clone(value));
+        }
+        drop(cache);
+        self.loaded.notify_all();
+        value
     }
 }
 
@@ -244,7 +289,7 @@ mod tests {
 
     #[test]
     fn the_cache_stays_within_its_byte_limit_evicting_the_least_recent() {
-        let mut cache = Cache { entries: LruCache::unbounded(), bytes: 0, limit: 300 };
+        let mut cache = Cache { entries: LruCache::unbounded(), bytes: 0, limit: 300, loading: HashSet::new() };
         let key = |n: u64| Key::Archived { stanza: 0, name: n.to_string() };
         for n in 0..3 {
             cache.put(key(n), Arc::new(vec![0; 100]));

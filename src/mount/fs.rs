@@ -84,7 +84,8 @@ impl MountFs {
             }
         };
         // Repository I/O without the lock; a concurrent load of the same directory is harmless.
-        let loaded = view::load(&self.reader, &fill).map_err(|e| {
+        let known = |name: &str| self.tree.read().expect("tree lock").child(ino, name).is_some();
+        let loaded = view::load(&self.reader, &fill, &known).map_err(|e| {
             let path = self.tree.read().expect("tree lock").path(ino);
             self.reader.record_failure(&path, &e);
             Errno::EIO
@@ -97,11 +98,7 @@ impl MountFs {
     }
 
     fn attr(&self, ino: Ino, node: &Node) -> FileAttr {
-        let kind = match node.kind {
-            Kind::Dir { .. } => FileType::Directory,
-            Kind::File(_) => FileType::RegularFile,
-            Kind::Link(_) => FileType::Symlink,
-        };
+        let kind = file_type(&node.kind);
         FileAttr {
             ino: INodeNo(ino),
             size: node.size,
@@ -138,6 +135,15 @@ impl MountFs {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// The kernel's file type of a node.
+fn file_type(kind: &Kind) -> FileType {
+    match kind {
+        Kind::Dir { .. } => FileType::Directory,
+        Kind::File(_) => FileType::RegularFile,
+        Kind::Link(_) => FileType::Symlink,
     }
 }
 
@@ -263,27 +269,18 @@ impl Filesystem for MountFs {
         if let Err(e) = self.fill(ino.0) {
             return reply.error(e);
         }
-        let entries: Vec<(Ino, FileType, String)> = {
+        {
             let tree = self.tree.read().expect("tree lock");
             let Some(node) = tree.get(ino.0) else { return reply.error(Errno::ENOENT) };
             let Kind::Dir { children, .. } = &node.kind else { return reply.error(Errno::ENOTDIR) };
-            let mut entries = vec![
-                (ino.0, FileType::Directory, ".".to_string()),
-                (node.parent, FileType::Directory, "..".to_string()),
-            ];
-            for (name, &child) in children {
-                let kind = match tree.get(child).map(|n| &n.kind) {
-                    Some(Kind::Dir { .. }) => FileType::Directory,
-                    Some(Kind::Link(_)) => FileType::Symlink,
-                    _ => FileType::RegularFile,
-                };
-                entries.push((child, kind, name.clone()));
-            }
-            entries
-        };
-        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
-                break;
+            let dots = [(".", ino.0, FileType::Directory), ("..", node.parent, FileType::Directory)];
+            let entries = dots.into_iter().chain(children.iter().map(|(name, &child)| {
+                (name.as_str(), child, tree.get(child).map_or(FileType::RegularFile, |n| file_type(&n.kind)))
+            }));
+            for (i, (name, child, kind)) in entries.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                    break;
+                }
             }
         }
         reply.ok();

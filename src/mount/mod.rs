@@ -25,7 +25,7 @@ use crate::mount::content::ContentReader;
 use crate::mount::fs::{MountFs, Owner};
 use crate::mount::session::Mounted;
 use crate::mount::tree::{Fill, Node, ROOT, Tree};
-use crate::mount::view::{DataDirView, Loaded};
+use crate::mount::view::DataDirView;
 use crate::ops::recovery::{RecoveryPlan, RecoveryRequest, set_and_plan};
 use crate::ops::stanza_repo::StanzaRepo;
 use crate::repo::label::SetLabel;
@@ -69,8 +69,6 @@ pub struct Prepared {
     pub manifest: Option<Arc<Manifest>>,
     /// For a data directory with a target: the checked recovery plan.
     pub plan: Option<RecoveryPlan>,
-    /// Owner of the files.
-    pub owner: Owner,
     /// For a data directory: the lease that keeps expire from removing the sets it reads.
     pub lease: Option<SetLease>,
 }
@@ -94,7 +92,7 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
             }
             tree.mark_filled(ROOT, Instant::now());
             let fs = MountFs::new(tree, Arc::clone(&reader), owner);
-            Ok(Prepared { fs, reader, manifest: None, plan: None, owner, lease: None })
+            Ok(Prepared { fs, reader, manifest: None, plan: None, lease: None })
         }
         Scope::DataDir(request) => {
             let owner = match owner {
@@ -114,13 +112,16 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
                 SetLease::take(&request.resolved.repo.path, &repo.name, &request.command, manifest.sets_needed())?;
             let manifest = Arc::new(manifest);
             let mut view = DataDirView::new(&reader, 0, Arc::clone(&manifest), plan.as_ref())?;
+            // A server booted on the mount must not open every file at startup to sync it (an
+            // overlay would copy each one up whole, the writable mount would look each one up).
+            view.settings.push(("recovery_init_sync_method".into(), "syncfs".into()));
             view.settings.extend(request.extra_settings.iter().cloned());
-            let Loaded::Set(view, auto_conf) = view::load_set(&reader, view)? else { unreachable!("a set loads") };
+            let auto_conf = view::auto_conf(&reader, &view)?;
             let mut tree = Tree::new(Node::dir(ROOT, 0o700, manifest.stop_time.into(), Fill::Done));
             view::build_data_dir(&mut tree, ROOT, &view, auto_conf.as_deref());
             tree.mark_filled(ROOT, Instant::now());
             let fs = MountFs::new(tree, Arc::clone(&reader), owner);
-            Ok(Prepared { fs, reader, manifest: Some(manifest), plan, owner, lease: Some(lease) })
+            Ok(Prepared { fs, reader, manifest: Some(manifest), plan, lease: Some(lease) })
         }
     }
 }

@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
+use crate::util::fsx;
 
 /// Granularity of copy-on-write.
 pub const BLOCK: u64 = 4096;
@@ -110,16 +111,9 @@ impl Layer {
 
     /// Reads from the scratch file (a range [`Layer::plan_read`] called written).
     pub fn read_written(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64).at("read", &self.path)? {
-                0 => {
-                    buf[done..].fill(0);
-                    break;
-                }
-                n => done += n,
-            }
-        }
+        // Past the scratch file's end (a block written beyond a hole) reads as zeros.
+        let got = fsx::read_fully_at(&self.file, buf, offset).at("read", &self.path)?;
+        buf[got..].fill(0);
         Ok(())
     }
 

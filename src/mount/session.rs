@@ -27,8 +27,8 @@ pub fn mount(fs: MountFs, mountpoint: &Path) -> Result<Mounted> {
     prepare_mountpoint(&mountpoint)?;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        MountOption::FSName("pgfork".into()),
-        MountOption::Subtype("pgfork".into()),
+        MountOption::FSName(FS_NAME.into()),
+        MountOption::Subtype(FS_NAME.into()),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
@@ -58,7 +58,10 @@ impl Mounted {
 
     /// Unmounts (lazily when busy) and waits for the session to end.
     pub fn unmount(mut self) -> Result<()> {
-        let lazy = unmount_path(&self.mountpoint)?;
+        let lazy = unmount_path(&self.mountpoint).inspect_err(|_| {
+            // Still mounted: joining would wait for ever; the serving thread is left to its end.
+            self.session.take();
+        })?;
         if lazy {
             eprintln!(
                 "pgfork: {} is busy; detached: it goes away when the last open file is closed",
@@ -80,8 +83,14 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if self.session.is_some() {
-            let _ = unmount_path(&self.mountpoint);
-            let _ = self.join();
+            match unmount_path(&self.mountpoint) {
+                Ok(_) => {
+                    let _ = self.join();
+                }
+                Err(_) => {
+                    self.session.take();
+                }
+            }
         }
     }
 }

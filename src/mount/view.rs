@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::mount::content::ContentReader;
+use crate::mount::content::{ContentReader, DEFAULT_SEGMENT};
 use crate::mount::tree::{Content, Fill, Ino, Kind, Node, Tree};
 use crate::ops::recovery::RecoveryPlan;
 use crate::ops::restore::restored_settings;
@@ -71,7 +71,7 @@ fn archived_on_path(
     manifest: &Manifest,
     plan: &RecoveryPlan,
 ) -> Result<Vec<(String, u64)>> {
-    let size = manifest.wal.first().map(|w| w.size).unwrap_or(16 << 20);
+    let size = manifest.segment_size().unwrap_or(DEFAULT_SEGMENT);
     let mut out = Vec::new();
     for (tli, first, last) in &plan.timelines {
         let (Some(first), Some(last)) = (WalSegment::parse(first, size), WalSegment::parse(last, size)) else {
@@ -97,7 +97,7 @@ fn archived_on_path(
 pub enum Loaded {
     /// A stanza's committed sets, oldest first.
     Stanza(Vec<SetLabel>),
-    /// A set's data directory.
+    /// A set's data directory, with the text of its postgresql.auto.conf.
     Set(Box<DataDirView>, Option<Vec<u8>>),
     /// The archive's timelines.
     Archive(Vec<u32>),
@@ -107,8 +107,9 @@ pub enum Loaded {
     Gone,
 }
 
-/// Loads what `fill` shows.
-pub fn load(reader: &Arc<ContentReader>, fill: &Fill) -> Result<Loaded> {
+/// Loads what `fill` shows; `known` tells the entries the directory already has (their sizes are
+/// not looked up again).
+pub fn load(reader: &Arc<ContentReader>, fill: &Fill, known: &dyn Fn(&str) -> bool) -> Result<Loaded> {
     match fill {
         Fill::Done => Ok(Loaded::Gone),
         Fill::Stanza(s) => {
@@ -120,7 +121,8 @@ pub fn load(reader: &Arc<ContentReader>, fill: &Fill) -> Result<Loaded> {
             match Manifest::load(&repo.storage, &repo.codec, &repo.name, label)? {
                 Some(manifest) => {
                     let view = DataDirView::new(reader, *s, Arc::new(manifest), None)?;
-                    load_set(reader, view)
+                    let auto_conf = auto_conf(reader, &view)?;
+                    Ok(Loaded::Set(Box::new(view), auto_conf))
                 }
                 None => Ok(Loaded::Gone),
             }
@@ -132,14 +134,14 @@ pub fn load(reader: &Arc<ContentReader>, fill: &Fill) -> Result<Loaded> {
         }
         Fill::Timeline(s, tli) => {
             let repo = &reader.stanzas()[*s];
-            let list = Archive::new(&repo.storage, &repo.codec, &repo.name).list()?;
-            let size = segment_size(reader, *s)?;
+            let names = Archive::new(&repo.storage, &repo.codec, &repo.name).list_timeline(TimelineId(*tli))?;
             let mut files = Vec::new();
-            for name in list.get(&TimelineId(*tli)).cloned().unwrap_or_default() {
+            for name in names {
+                // Archived files never change: an entry already shown keeps its size.
                 let bytes = match classify(&name) {
-                    Some((WalFileKind::Segment | WalFileKind::Partial, _)) => size,
-                    Some(_) => reader.archived(*s, &name)?.len() as u64,
-                    None => continue,
+                    _ if known(&name) => 0,
+                    Some((WalFileKind::Segment | WalFileKind::Partial, _)) => reader.segment_size(*s)?,
+                    _ => reader.archived(*s, &name)?.len() as u64,
                 };
                 files.push((name, bytes));
             }
@@ -148,8 +150,8 @@ pub fn load(reader: &Arc<ContentReader>, fill: &Fill) -> Result<Loaded> {
     }
 }
 
-/// Loads a set's view: reads its postgresql.auto.conf, whose rewritten text the view shows.
-pub fn load_set(reader: &Arc<ContentReader>, view: DataDirView) -> Result<Loaded> {
+/// The text of the set's postgresql.auto.conf, which the view shows rewritten.
+pub fn auto_conf(reader: &Arc<ContentReader>, view: &DataDirView) -> Result<Option<Vec<u8>>> {
     let auto_conf = match view.manifest.files.iter().position(|f| f.path == "postgresql.auto.conf") {
         Some(index) => {
             let content = Content::SetFile { stanza: view.stanza, manifest: Arc::clone(&view.manifest), index };
@@ -159,18 +161,7 @@ pub fn load_set(reader: &Arc<ContentReader>, view: DataDirView) -> Result<Loaded
         }
         None => None,
     };
-    Ok(Loaded::Set(Box::new(view), auto_conf))
-}
-
-/// The WAL segment size of a stanza: from its newest set, else PostgreSQL's default.
-fn segment_size(reader: &ContentReader, stanza: usize) -> Result<u64> {
-    let repo = &reader.stanzas()[stanza];
-    let newest = Manifest::list_committed(&repo.storage, &repo.name)?.pop();
-    let manifest = match newest {
-        Some(label) => Manifest::load(&repo.storage, &repo.codec, &repo.name, &label)?,
-        None => None,
-    };
-    Ok(manifest.and_then(|m| m.wal.first().map(|w| w.size)).unwrap_or(16 << 20))
+    Ok(auto_conf)
 }
 
 /// Applies what was loaded to directory `ino`.

@@ -130,7 +130,7 @@ fn remove_sets(
 
 /// Removes archived WAL older than the start of the oldest kept set (history files stay).
 fn expire_wal(repo: &StanzaRepo, oldest: &Manifest, dry_run: bool) -> Result<u64> {
-    let Some(size) = oldest.wal.first().map(|w| w.size) else { return Ok(0) };
+    let Some(size) = oldest.segment_size() else { return Ok(0) };
     let Some(start) = WalSegment::parse(&oldest.start_wal, size) else { return Ok(0) };
     let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
     let mut removed = 0;

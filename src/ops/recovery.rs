@@ -392,11 +392,7 @@ pub fn parse_history(text: &str) -> Vec<(u32, Lsn)> {
 }
 
 fn segment_size(set: &Manifest) -> Result<u64> {
-    set.wal
-        .first()
-        .map(|w| w.size)
-        .filter(|s| s.is_power_of_two())
-        .ok_or_else(|| Error::invalid(format!("backup {}", set.label), "carries no WAL segment"))
+    set.segment_size().ok_or_else(|| Error::invalid(format!("backup {}", set.label), "carries no WAL segment"))
 }
 
 /// The restore_command that fetches from this configuration's stanza.

@@ -430,7 +430,8 @@ fn restore_extents(
         let mut stale: Option<Vec<bool>> = None;
         if let (Some(hint), Some(live_file)) = (live, &live_file) {
             local.resize(len, 0);
-            let got = read_fully_at(live_file, &mut local, extent.offset).at("read", hint.dir.join(&entry.path))?;
+            let got =
+                fsx::read_fully_at(live_file, &mut local, extent.offset).at("read", hint.dir.join(&entry.path))?;
             let flags: Vec<bool> = local
                 .chunks(BLCKSZ)
                 .enumerate()
@@ -479,7 +480,7 @@ fn restore_extents(
         }
         if delta {
             local.resize(len, 0);
-            let got = read_fully_at(&file, &mut local, extent.offset).at("read", &path)?;
+            let got = fsx::read_fully_at(&file, &mut local, extent.offset).at("read", &path)?;
             if got == len && local == wanted {
                 unchanged += extent.len;
                 continue;
@@ -489,15 +490,4 @@ fn restore_extents(
         written += extent.len;
     }
     Ok((written, unchanged, cloned))
-}
-
-fn read_fully_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64)? {
-            0 => break,
-            n => done += n,
-        }
-    }
-    Ok(done)
 }

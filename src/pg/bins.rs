@@ -95,10 +95,10 @@ impl PgBin {
         Ok(String::from_utf8_lossy(&output.stdout).trim_end_matches('\n').to_string())
     }
 
-    /// Starts a server with `pg_ctl start -w`, logging to `log_file`.
-    pub fn start(&self, data_dir: &Path, log_file: &Path, timeout_secs: u32) -> Result<()> {
-        let output = self
-            .command("pg_ctl")
+    /// `pg_ctl start -w` of `data_dir`, logging to `log_file`, waiting at most `timeout_secs`.
+    pub fn start_command(&self, data_dir: &Path, log_file: &Path, timeout_secs: u32) -> Command {
+        let mut command = self.command("pg_ctl");
+        command
             .arg("start")
             .arg("-w")
             .arg("-t")
@@ -107,23 +107,37 @@ impl PgBin {
             .arg(data_dir)
             .arg("-l")
             .arg(log_file)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Starts a server with `pg_ctl start -w`, logging to `log_file`.
+    pub fn start(&self, data_dir: &Path, log_file: &Path, timeout_secs: u32) -> Result<()> {
+        let output = self
+            .start_command(data_dir, log_file, timeout_secs)
             .output()
             .map_err(|e| Error::io("run", self.dir.join("pg_ctl"), e))?;
-        if !output.status.success() {
-            let log = std::fs::read_to_string(log_file).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            let mut detail = String::from_utf8_lossy(&output.stderr).into_owned();
-            detail.push_str(&format!("\nlast lines of {}:\n", log_file.display()));
-            detail.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-            return Err(Error::Command {
-                program: format!("pg_ctl start -D {}", data_dir.display()),
-                status: output.status.to_string(),
-                stderr: detail,
-            });
-        }
-        Ok(())
+        check_started(data_dir, log_file, &output)
     }
+}
+
+/// The error for a `pg_ctl start` that failed, with the end of the server log.
+pub fn check_started(data_dir: &Path, log_file: &Path, output: &std::process::Output) -> Result<()> {
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::Command {
+        program: format!("pg_ctl start -D {}", data_dir.display()),
+        status: output.status.to_string(),
+        stderr: format!("{}\n{}", String::from_utf8_lossy(&output.stderr).trim(), log_tail(log_file, 15)),
+    })
+}
+
+/// The last `lines` lines of a server log, headed by its name.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    format!("last lines of {}:\n{}", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
 /// The major version from `postgres (PostgreSQL) 18.6` or `postgres (PostgreSQL) 15.18 (Debian …)`.

@@ -116,6 +116,19 @@ impl<'a> Archive<'a> {
         Ok(by_timeline)
     }
 
+    /// The archived file names of one timeline, sorted.
+    pub fn list_timeline(&self, timeline: TimelineId) -> Result<Vec<String>> {
+        let keys = self.storage.list(&format!("{}/archive/{:08X}/", self.stanza, timeline.0))?;
+        let mut names: Vec<String> = keys
+            .iter()
+            .filter_map(|key| key.rsplit('/').next())
+            .filter(|name| classify(name).is_some())
+            .map(String::from)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Complete segments per timeline, by segment number.
     pub fn segments(&self, segment_size: u64) -> Result<BTreeMap<TimelineId, Vec<WalSegment>>> {
         Ok(self

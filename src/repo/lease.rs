@@ -39,6 +39,9 @@ pub struct SetLease {
     path: PathBuf,
 }
 
+/// Prefix of a lease still being written.
+const PARTIAL: &str = ".partial-";
+
 /// The lease directory of `stanza` in the local repository at `repo`.
 fn lease_dir(repo: &Path, stanza: &str) -> PathBuf {
     repo.join(stanza).join("leases")
@@ -54,12 +57,17 @@ impl SetLease {
             let _ = std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid()));
         }
         let info = LeaseInfo { pid: std::process::id(), command: command.to_string(), sets };
-        let path = dir.join(format!("{}-{}", info.pid, chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)));
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).at("create", &path)?;
-        let mut lock =
-            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| Error::io("lock", &path, e.into()))?;
-        let json = serde_json::to_vec(&info).map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
-        lock.write_all(&json).at("write", &path)?;
+        let name = format!("{}-{}", info.pid, chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+        // Written and locked under a name readers skip, then renamed: a reader never sees a
+        // lease that is not yet locked or not yet complete.
+        let partial = dir.join(format!("{PARTIAL}{name}"));
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&partial).at("create", &partial)?;
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| Error::io("lock", &partial, e.into()))?;
+        let json = serde_json::to_vec(&info).map_err(|e| Error::invalid(name.clone(), e.to_string()))?;
+        lock.write_all(&json).at("write", &partial)?;
+        let path = dir.join(name);
+        std::fs::rename(&partial, &path).at("rename", &partial)?;
         Ok(SetLease { _lock: lock, path })
     }
 
@@ -73,15 +81,18 @@ impl SetLease {
         };
         let mut held = Vec::new();
         for entry in entries {
-            let path = entry.at("list", &dir)?.path();
+            let entry = entry.at("list", &dir)?;
+            let partial = entry.file_name().to_string_lossy().starts_with(PARTIAL);
+            let path = entry.path();
             let Ok(file) = File::open(&path) else { continue };
             match Flock::lock(file, FlockArg::LockSharedNonblock) {
+                // Being written: it becomes a lease under its final name.
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if partial => {}
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    let text = std::fs::read(&path).unwrap_or_default();
-                    match serde_json::from_slice::<LeaseInfo>(&text) {
-                        Ok(info) => held.push(info),
-                        Err(e) => return Err(Error::invalid(path.display().to_string(), e.to_string())),
-                    }
+                    let text = std::fs::read(&path).at("read", &path)?;
+                    let info = serde_json::from_slice::<LeaseInfo>(&text)
+                        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+                    held.push(info);
                 }
                 // Nobody holds it: its process died.
                 _ => {

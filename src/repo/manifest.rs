@@ -266,6 +266,11 @@ impl Manifest {
         Ok(labels)
     }
 
+    /// The WAL segment size of the cluster, from the segments the set carries.
+    pub fn segment_size(&self) -> Option<u64> {
+        self.wal.first().map(|w| w.size).filter(|s| s.is_power_of_two())
+    }
+
     /// Looks a file up by path.
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         self.files.binary_search_by(|f| f.path.as_str().cmp(path)).ok().map(|i| &self.files[i])

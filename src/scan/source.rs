@@ -9,12 +9,13 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, IoContext, Result};
+use crate::util::fsx;
 
 /// Bytes mapped at a time.
 pub const WINDOW: u64 = 8 * 1024 * 1024;
@@ -76,7 +77,7 @@ impl FileSource {
     /// or when a live file shrank).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         if !self.map {
-            return pread_fully(&self.file, buf, offset);
+            return fsx::read_fully_at(&self.file, buf, offset);
         }
         let mut done = 0;
         while done < buf.len() {
@@ -104,19 +105,6 @@ impl FileSource {
         }
         Ok(done)
     }
-}
-
-fn pread_fully(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

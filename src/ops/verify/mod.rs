@@ -169,8 +169,7 @@ pub fn verify(
     let manifest = prepared.manifest.clone().expect("a data directory has a set");
     say(&format!("mounting backup {} in {}", manifest.label, work.display()));
     let reader = Arc::clone(&prepared.reader);
-    // Held until verify returns: expire keeps the sets meanwhile.
-    let _lease = prepared.lease;
+    stage.hold_lease(prepared.lease);
     if opts.overlay {
         stage.hold_mount(session::mount(prepared.fs, &stage.lower())?);
         lap("mount", &mut step);
@@ -281,8 +280,7 @@ pub fn verify(
 }
 
 /// Settings that make the mounted set boot here as a private, throwaway server: its own port and
-/// socket, trust only on that socket, no archiving, no replication, small memory, and a data
-/// directory sync at startup that does not open (and so copy up) every file.
+/// socket, trust only on that socket, no archiving, no replication, small memory.
 fn boot_settings(stage: &Stage, port: u16) -> Vec<(String, String)> {
     [
         ("port", port.to_string()),
@@ -299,7 +297,6 @@ fn boot_settings(stage: &Stage, port: u16) -> Vec<(String, String)> {
         ("primary_conninfo", String::new()),
         ("primary_slot_name", String::new()),
         ("synchronous_standby_names", String::new()),
-        ("recovery_init_sync_method", "syncfs".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -3,7 +3,7 @@
 //! run under [`Interrupt`], so a termination signal stops them and unwinds to the teardown.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 use crate::mount::fs::Owner;
-use crate::pg::bins::PgBin;
+use crate::pg::bins::{PgBin, check_started, log_tail};
 use crate::pg::datadir::PostmasterPid;
 use crate::pg::session::{ConnTarget, Session};
 
@@ -105,17 +105,10 @@ impl Server {
     /// Starts the server and waits until it accepts connections (hot standby: recovery reached a
     /// consistent state).
     pub fn start(&self, interrupt: &Interrupt<'_>) -> Result<()> {
-        let mut command = self.command("pg_ctl");
-        command.arg("start").arg("-w").arg("-t").arg("3600").arg("-D").arg(&self.data).arg("-l").arg(&self.log);
+        let mut command = self.bin.start_command(&self.data, &self.log, 3600);
+        command.uid(self.owner.uid).gid(self.owner.gid);
         let output = interrupt.output(command, "pg_ctl start")?;
-        if !output.status.success() {
-            return Err(Error::Command {
-                program: format!("pg_ctl start -D {}", self.data.display()),
-                status: output.status.to_string(),
-                stderr: format!("{}\n{}", String::from_utf8_lossy(&output.stderr).trim(), self.log_tail()),
-            });
-        }
-        Ok(())
+        check_started(&self.data, &self.log, &output)
     }
 
     /// Waits until recovery pauses at its target. Fails with the server log as soon as the server
@@ -128,7 +121,7 @@ impl Server {
             if !self.is_alive() {
                 return Err(Error::invalid(
                     "the verification server",
-                    format!("stopped before reaching the target\n{}", self.log_tail()),
+                    format!("stopped before reaching the target\n{}", log_tail(&self.log, 12)),
                 ));
             }
             if started.elapsed() > Duration::from_secs(3600) {
@@ -188,16 +181,4 @@ impl Server {
         }
         Ok(())
     }
-
-    /// The last lines of the server log.
-    pub fn log_tail(&self) -> String {
-        log_tail(&self.log, 12)
-    }
-}
-
-/// The last `lines` lines of `path`, headed by its name.
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-    format!("last lines of {}:\n{}", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }

@@ -5,7 +5,7 @@
 //! server, overlay, mount, directory — when the stage is dropped, also after an error or an
 //! interruption.
 
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,33 +15,44 @@ use crate::error::{Error, IoContext, Result};
 use crate::mount::fs::Owner;
 use crate::mount::session::{Mounted, unmount_path};
 use crate::ops::verify::server::Server;
+use crate::repo::lease::SetLease;
+use crate::util::fsx;
 
 /// The directories and mounts of one verification.
 pub struct Stage {
     /// The work directory.
     pub root: PathBuf,
-    /// Who runs the server.
-    pub owner: Owner,
     /// The server, once started.
     pub server: Option<Server>,
     overlay: bool,
     mounted: Option<Mounted>,
+    lease: Option<SetLease>,
     keep_dir: bool,
 }
 
 impl Stage {
-    /// Creates the work directory `root` (which must not exist) with its subdirectories.
+    /// Creates the work directory `root` (which must not exist) with its subdirectories; the ones
+    /// the server writes to belong to `owner`.
     pub fn create(root: &Path, owner: Owner) -> Result<Stage> {
-        if root.exists() {
-            return Err(Error::refused(
+        if let Some(parent) = root.parent() {
+            std::fs::create_dir_all(parent).at("create directory", parent)?;
+        }
+        fsx::create_dir_mode(root, 0o755).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => Error::refused(
                 format!("{} already exists", root.display()),
                 Some("pass another --work directory, or remove what a previous run left".into()),
-            ));
-        }
-        std::fs::create_dir_all(root).at("create directory", root)?;
-        let stage =
-            Stage { root: root.to_path_buf(), owner, server: None, overlay: false, mounted: None, keep_dir: false };
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).at("chmod", root)?;
+            ),
+            other => other,
+        })?;
+        let stage = Stage {
+            root: root.to_path_buf(),
+            server: None,
+            overlay: false,
+            mounted: None,
+            lease: None,
+            keep_dir: false,
+        };
+        let give = |path: &Path| chown(path, Some(owner.uid), Some(owner.gid)).at("chown", path);
         for (dir, mode, owned) in [
             ("data", 0o700, true),
             ("run", 0o700, true),
@@ -51,19 +62,18 @@ impl Stage {
             ("work", 0o700, false),
         ] {
             let path = root.join(dir);
-            std::fs::create_dir(&path).at("create directory", &path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).at("chmod", &path)?;
+            fsx::create_dir_mode(&path, mode)?;
             if owned {
-                chown(&path, Some(owner.uid), Some(owner.gid)).at("chown", &path)?;
+                give(&path)?;
             }
         }
         let hba = stage.hba_file();
         std::fs::write(&hba, "# pgfork verify: only the socket in a private directory\nlocal all all trust\n")
             .at("write", &hba)?;
-        chown(&hba, Some(owner.uid), Some(owner.gid)).at("chown", &hba)?;
+        give(&hba)?;
         let log = stage.log_file();
         std::fs::write(&log, "").at("create", &log)?;
-        chown(&log, Some(owner.uid), Some(owner.gid)).at("chown", &log)?;
+        give(&log)?;
         Ok(stage)
     }
 
@@ -102,6 +112,12 @@ impl Stage {
         self.mounted = Some(mounted);
     }
 
+    /// Keeps the lease on the sets until the stage is torn down: expire must not remove them
+    /// while the server still runs on them.
+    pub fn hold_lease(&mut self, lease: Option<SetLease>) {
+        self.lease = lease;
+    }
+
     /// Mounts the overlay: the FUSE mount below, upper and work directories on local disk. The
     /// upper layer is throwaway, so it is mounted `volatile` (no syncs) where the kernel allows.
     pub fn mount_overlay(&mut self) -> Result<()> {
@@ -131,11 +147,6 @@ impl Stage {
             .filter(|m| m.is_file())
             .map(|m| m.blocks() * 512)
             .sum()
-    }
-
-    /// Leaves the work directory in place (the log stays readable after a failure).
-    pub fn keep_directory(&mut self) {
-        self.keep_dir = true;
     }
 
     /// Stops the server, unmounts the overlay and the FUSE mount, removes the work directory.
@@ -168,8 +179,10 @@ impl Stage {
         {
             problems.push(e.to_string());
         }
+        self.lease = None;
+        // Never remove a tree that may still have something mounted in it.
+        self.keep_dir |= !problems.is_empty();
         if !self.keep_dir
-            && problems.is_empty()
             && self.root.exists()
             && let Err(e) = std::fs::remove_dir_all(&self.root)
         {
