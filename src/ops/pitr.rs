@@ -2,6 +2,7 @@
 //! every page with production, so the delta restore rewrites only what differs; the fork keeps its
 //! own port, name and archive_mode=off; production is never touched.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -9,11 +10,11 @@ use serde::Serialize;
 use crate::config::Resolved;
 use crate::error::{Error, Result};
 use crate::ops::fork::{ForkOptions, ForkReport, PreparedFork, start_fork};
-use crate::ops::recovery::{RecoveryRequest, TargetAction};
+use crate::ops::recovery::{RECOVERY_TARGETS, RecoveryRequest, TargetAction};
 use crate::ops::restore::{RestoreOptions, RestoreReport, restore};
 use crate::pg::bins::PgBin;
 use crate::pg::conf::set_auto_conf;
-use crate::pg::datadir::DataDir;
+use crate::pg::datadir::{DataDir, PostmasterPid};
 use crate::pg::session::{ConnTarget, Session};
 use crate::progress::Progress;
 use crate::repo::label::SetLabel;
@@ -80,7 +81,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
     let keep: Vec<(&str, String)> = fork
         .settings
         .iter()
-        .filter(|(k, _)| !k.starts_with("recovery_target"))
+        .filter(|(k, _)| !RECOVERY_TARGETS.contains(&k.as_str()))
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     set_auto_conf(dst, "pgfork: the fork's own settings, kept through recovery", &keep)?;
@@ -97,26 +98,48 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
             user,
             dbname: "postgres".into(),
         };
-        reached = Some(wait_for_target(&target, opts.recovery.action)?);
+        reached = Some(wait_for_target(&target, dst, opts.recovery.action)?);
     }
     Ok(PitrForkReport { fork, restore: restored, reached, duration_ms: started.elapsed().as_secs_f64() * 1000.0 })
 }
 
-/// Waits until recovery paused at its target (or promoted), then reports where it is.
-pub fn wait_for_target(target: &ConnTarget, action: TargetAction) -> Result<Reached> {
+/// Waits until recovery reached its target — paused, promoted, or (with the shutdown action) the
+/// server of `data` stopped — then reports where it is.
+pub fn wait_for_target(target: &ConnTarget, data: &Path, action: TargetAction) -> Result<Reached> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    let session = Session::connect_retry(target, Duration::from_secs(60))?;
+    let stopped = || PostmasterPid::read(data).ok().flatten().is_none_or(|p| !p.is_alive());
+    // A server told to shut down at the target stops talking; its shutdown checkpoint says where.
+    let shut_down = |error: Error| -> Result<Reached> {
+        if action != TargetAction::Shutdown {
+            return Err(error);
+        }
+        while !stopped() {
+            if Instant::now() > deadline {
+                return Err(error);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let control = DataDir::open(data)?.control()?;
+        Ok(Reached { lsn: control.checkpoint.to_string(), time: None, state: "shut down".into() })
+    };
+    let session = match Session::connect_retry(target, Duration::from_secs(60)) {
+        Ok(session) => session,
+        Err(e) => return shut_down(e),
+    };
     loop {
-        let row = session.query_one(
+        let row = match session.query_one(
             "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END, \
              coalesce(pg_last_wal_replay_lsn()::text, pg_current_wal_lsn()::text), pg_last_xact_replay_timestamp()::text",
             &[],
-        )?;
+        ) {
+            Ok(row) => row,
+            Err(e) => return shut_down(e),
+        };
         let (in_recovery, pause, lsn, time): (bool, String, String, Option<String>) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
-        let state = match (in_recovery, pause.as_str(), action) {
-            (true, "paused", _) => Some("paused"),
-            (false, _, _) => Some("promoted"),
+        let state = match (in_recovery, pause.as_str()) {
+            (true, "paused") => Some("paused"),
+            (false, _) => Some("promoted"),
             _ => None,
         };
         if let Some(state) = state {

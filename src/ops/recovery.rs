@@ -2,7 +2,7 @@
 //! anything is written that the WAL from the set's start to the target is archived and continuous
 //! (following timeline history), and produces the settings that make PostgreSQL recover there.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -185,7 +185,12 @@ pub fn set_and_plan(
 ) -> Result<(Manifest, Option<RecoveryPlan>)> {
     match request {
         Some(request) => {
-            let mut manifests = repo.manifests()?;
+            // A named set needs only its own manifest; otherwise every readable one is a candidate
+            // (a damaged, unrelated set must not block recovery).
+            let mut manifests = match named {
+                Some(label) => vec![repo.manifest(label)?],
+                None => repo.readable_manifests()?.manifests,
+            };
             let label = choose_set(&manifests, named, &request.target)?;
             let chosen = manifests.iter().position(|m| m.label == label).expect("chosen among them");
             let manifest = manifests.swap_remove(chosen);
@@ -217,7 +222,6 @@ pub fn plan(
     let size = segment_size(set)?;
     let start = WalSegment::parse(&set.start_wal, size)
         .ok_or_else(|| Error::invalid(format!("backup {}", set.label), "bad start WAL name"))?;
-    let archived = archive.segments(size)?;
     let settings = settings(request, restore_command);
     if request.target == Target::Immediate {
         return Ok(RecoveryPlan {
@@ -228,6 +232,7 @@ pub fn plan(
             settings,
         });
     }
+    let archived = archive.segments(size)?;
     // The timeline path: the set's timeline, then each switch recorded in the target's history.
     let target_tli = match request.timeline {
         TargetTimeline::Current => set.timeline,
@@ -285,14 +290,16 @@ pub fn plan(
     let mut timelines = Vec::new();
     let mut last_name = set.stop_wal.clone();
     let mut newest_modified = None;
+    // The set's own WAL counts as present: it travels with the set.
+    let in_set: BTreeSet<&str> = set.wal.iter().map(|w| w.name.as_str()).collect();
     for (i, (tli, first, last)) in path.iter().enumerate() {
-        let have: BTreeMap<u64, ()> =
-            archived.get(&TimelineId(*tli)).map(|v| v.iter().map(|s| (s.number, ())).collect()).unwrap_or_default();
+        let have: BTreeSet<u64> =
+            archived.get(&TimelineId(*tli)).map(|v| v.iter().map(|s| s.number).collect()).unwrap_or_default();
         let is_last = i == path.len() - 1;
-        let end = match (last, is_last) {
-            (Some(last), _) => *last,
-            (None, _) => {
-                let max = have.keys().next_back().copied().unwrap_or(0).max(start.number.saturating_sub(1));
+        let end = match last {
+            Some(last) => *last,
+            None => {
+                let max = have.last().copied().unwrap_or(0).max(start.number.saturating_sub(1));
                 match target_seg {
                     Some(seg) if seg > max => {
                         return Err(Error::refused(
@@ -308,11 +315,9 @@ pub fn plan(
                 }
             }
         };
-        // The set's own WAL counts as present: it travels with the set.
         for number in *first..=end {
             let name = WalSegment { timeline: TimelineId(*tli), number }.file_name(size);
-            let in_set = set.wal.iter().any(|w| w.name == name);
-            if !in_set && !have.contains_key(&number) {
+            if !have.contains(&number) && !in_set.contains(name.as_str()) {
                 return Err(Error::refused(
                     format!(
                         "WAL segment {name} is missing from the archive of stanza {}: recovery from backup {} cannot pass it",
@@ -343,6 +348,10 @@ pub fn plan(
     Ok(RecoveryPlan { set: set.label.clone(), wal_from: set.start_wal.clone(), wal_to: last_name, timelines, settings })
 }
 
+/// The parameters that each set a recovery target (at most one may be set).
+pub const RECOVERY_TARGETS: &[&str] =
+    &["recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid"];
+
 /// The recovery settings for postgresql.auto.conf.
 pub fn settings(request: &RecoveryRequest, restore_command: &str) -> Vec<(String, String)> {
     let mut out = vec![("restore_command".to_string(), restore_command.to_string())];
@@ -356,13 +365,7 @@ pub fn settings(request: &RecoveryRequest, restore_command: &str) -> Vec<(String
     };
     // Clear every other target so an old one in the restored configuration cannot combine with ours;
     // the clearing lines come first: PostgreSQL refuses an empty target set after a non-empty one.
-    for name in [
-        "recovery_target",
-        "recovery_target_time",
-        "recovery_target_name",
-        "recovery_target_lsn",
-        "recovery_target_xid",
-    ] {
+    for &name in RECOVERY_TARGETS {
         if target.as_ref().is_none_or(|(n, _)| *n != name) {
             out.push((name.to_string(), String::new()));
         }

@@ -94,6 +94,16 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         set_and_plan(&repo, resolved.config_path.as_deref(), opts.set.as_ref(), opts.recovery.as_ref())?;
     let label = manifest.label.clone();
     let target = &opts.data;
+    // Refusals come before the dry run returns: a plan for a directory that cannot take it is no plan.
+    check_target(target, opts.delta)?;
+    let locations: Vec<(u32, PathBuf)> = manifest
+        .tablespaces
+        .iter()
+        .map(|t| (t.oid, opts.tablespace_locations.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
+        .collect();
+    for (_, location) in &locations {
+        check_target(location, opts.delta)?;
+    }
     if opts.dry_run {
         return Ok(RestoreReport {
             stanza: repo.name.clone(),
@@ -111,15 +121,6 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
             dry_run: true,
             notes: Vec::new(),
         });
-    }
-    check_target(target, opts.delta)?;
-    let locations: Vec<(u32, PathBuf)> = manifest
-        .tablespaces
-        .iter()
-        .map(|t| (t.oid, opts.tablespace_locations.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
-        .collect();
-    for (_, location) in &locations {
-        check_target(location, opts.delta)?;
     }
 
     let mut files_removed = 0;

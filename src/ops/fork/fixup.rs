@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-/// Recovery target parameters a fork clears, so it never stops replay at the source's old target.
-const RECOVERY_TARGETS: &[&str] =
-    &["recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid"];
+use crate::ops::recovery::RECOVERY_TARGETS;
 
 /// The source settings the fork's configuration depends on.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +43,7 @@ pub fn fork_settings(
         // Two servers must not write the same pid file.
         ("external_pid_file", String::new()),
     ];
+    // The source's old recovery target must never stop the fork's replay.
     settings.extend(RECOVERY_TARGETS.iter().map(|name| (*name, String::new())));
     // Two servers writing logs into one absolute directory outside the source would interleave
     // their files; the fork logs inside its own data directory instead.

@@ -372,7 +372,8 @@ impl PreparedFork {
         if self.opts.start {
             let step = Instant::now();
             let bins = self.bins.as_ref().expect("--start locates binaries in prepare");
-            start_fork(bins, &dst, self.opts.dst_port, connect_host.as_deref(), &self.identity.name)?;
+            let user = self.opts.user.as_deref().unwrap_or(&self.identity.name);
+            start_fork(bins, &dst, self.opts.dst_port, connect_host.as_deref(), user)?;
             timings.start_ms = ms(step.elapsed());
             started = true;
         }
