@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::{RepoConfig, Resolved, RetentionType};
 use crate::error::{Error, Result};
 use crate::ops::identity::become_owner_of;
-use crate::ops::stanza_repo::StanzaRepo;
+use crate::ops::stanza_repo::{Readable, StanzaRepo};
 use crate::pg::lsn::WalSegment;
 use crate::repo::archive::{Archive, WalFileKind, classify};
 use crate::repo::label::{BackupType, SetLabel};
@@ -42,35 +42,32 @@ pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Res
     let repo = StanzaRepo::open(resolved)?;
     let _lock = repo.lock("expire")?;
     repo.remove_uncommitted()?;
+    let Some(label) = set else { return apply_retention(&repo, Utc::now(), dry_run) };
     let readable = repo.readable_manifests()?;
-    let manifests = &readable.manifests;
-    let remove = match set {
-        Some(label) => {
-            if !manifests.iter().any(|m| &m.label == label) {
-                return Err(Error::refused(format!("backup {label} does not exist in stanza {}", repo.name), None));
-            }
-            let remove = with_dependents(manifests, label);
-            let leases = SetLease::held(&repo.settings.path, &repo.name)?;
-            if let Some((set, lease)) =
-                remove.iter().find_map(|set| leases.iter().find(|l| l.sets.contains(set)).map(|l| (set, l)))
-            {
-                return Err(Error::refused(
-                    format!("backup {set} is in use by {}", lease.holder()),
-                    Some("wait for it to finish (or unmount it), then expire again".into()),
-                ));
-            }
-            remove
-        }
-        None => {
-            let mut victims = retention_victims(manifests, &repo.settings, Utc::now());
-            readable.protect(&mut victims);
-            victims
-        }
-    };
-    let mut remove = remove;
-    let in_use = spare_leased(&repo, &mut remove)?;
-    let mut report = remove_sets(&repo, manifests, &remove, dry_run)?;
-    report.unreadable = readable.unreadable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+    if !readable.manifests.iter().any(|m| &m.label == label) {
+        return Err(Error::refused(format!("backup {label} does not exist in stanza {}", repo.name), None));
+    }
+    let remove = with_dependents(&readable.manifests, label);
+    let leases = SetLease::held(&repo.settings.path, &repo.name)?;
+    if let Some((set, lease)) =
+        remove.iter().find_map(|set| leases.iter().find(|l| l.sets.contains(set)).map(|l| (set, l)))
+    {
+        return Err(Error::refused(
+            format!("backup {set} is in use by {}", lease.holder()),
+            Some("wait for it to finish (or unmount it), then expire again".into()),
+        ));
+    }
+    remove_sets(&repo, &readable, &remove, dry_run)
+}
+
+/// Applies the retention policy (the caller holds the lock): never a set that a kept set depends
+/// on, that may depend on an unreadable one, or that a mount or verify is using.
+pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>, dry_run: bool) -> Result<ExpireReport> {
+    let readable = repo.readable_manifests()?;
+    let mut remove = retention_victims(&readable.manifests, &repo.settings, now);
+    readable.protect(&mut remove);
+    let in_use = spare_leased(repo, &mut remove)?;
+    let mut report = remove_sets(repo, &readable, &remove, dry_run)?;
     report.in_use = in_use;
     Ok(report)
 }
@@ -88,24 +85,13 @@ fn spare_leased(repo: &StanzaRepo, remove: &mut BTreeSet<SetLabel>) -> Result<Ve
     Ok(in_use)
 }
 
-/// Applies the retention policy after a backup (the caller holds the lock).
-pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>) -> Result<ExpireReport> {
-    let readable = repo.readable_manifests()?;
-    let mut remove = retention_victims(&readable.manifests, &repo.settings, now);
-    readable.protect(&mut remove);
-    let in_use = spare_leased(repo, &mut remove)?;
-    let mut report = remove_sets(repo, &readable.manifests, &remove, false)?;
-    report.unreadable = readable.unreadable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
-    report.in_use = in_use;
-    Ok(report)
-}
-
 fn remove_sets(
     repo: &StanzaRepo,
-    manifests: &[Manifest],
+    readable: &Readable,
     remove: &BTreeSet<SetLabel>,
     dry_run: bool,
 ) -> Result<ExpireReport> {
+    let manifests = &readable.manifests;
     let mut report = ExpireReport { dry_run, ..Default::default() };
     for manifest in manifests {
         if remove.contains(&manifest.label) {
@@ -121,8 +107,10 @@ fn remove_sets(
             report.kept.push(manifest.label.clone());
         }
     }
+    report.unreadable = readable.unreadable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+    // A set whose manifest cannot be read may need older WAL than any readable one: keep it all.
     let oldest_kept = manifests.iter().find(|m| !remove.contains(&m.label));
-    if let Some(oldest) = oldest_kept {
+    if let Some(oldest) = oldest_kept.filter(|_| readable.unreadable.is_empty()) {
         report.wal_removed = expire_wal(repo, oldest, dry_run)?;
     }
     Ok(report)

@@ -14,10 +14,6 @@ use crate::error::{Error, IoContext, Result};
 pub struct Identity {
     /// The user name.
     pub name: String,
-    /// The user id.
-    pub uid: u32,
-    /// Whether pgfork switched from root to this user.
-    pub switched_from_root: bool,
 }
 
 /// Makes the process act as the owner of `data_dir`: as root, switch to the owner (group, then
@@ -30,7 +26,7 @@ pub fn become_owner_of(data_dir: &Path) -> Result<Identity> {
     let owner = User::from_uid(owner_uid).ok().flatten();
     if me == owner_uid {
         let name = owner.map(|u| u.name).unwrap_or_else(|| owner_uid.to_string());
-        return Ok(Identity { name, uid: owner_uid.as_raw(), switched_from_root: false });
+        return Ok(Identity { name });
     }
     let owner_desc = owner.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| format!("uid {owner_uid}"));
     if !me.is_root() {
@@ -55,7 +51,7 @@ pub fn become_owner_of(data_dir: &Path) -> Result<Identity> {
         ));
     };
     switch_to(&owner).at("switch to user", data_dir)?;
-    Ok(Identity { name: owner.name, uid: owner_uid.as_raw(), switched_from_root: true })
+    Ok(Identity { name: owner.name })
 }
 
 fn switch_to(user: &User) -> nix::Result<()> {

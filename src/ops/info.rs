@@ -1,6 +1,8 @@
 //! `info`: the stanza and its backup sets, with the fields `pgbackrest info` shows plus what the
 //! page scanner found (pages changed, bad checksums).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -102,21 +104,25 @@ pub struct SetInfo {
 /// Reads the stanza's state; `set` limits the sets shown.
 pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
     let repo = StanzaRepo::open(resolved)?;
-    let mut errors = Vec::new();
-    let mut manifests = Vec::new();
-    for label in repo.labels()? {
-        match repo.manifest(&label) {
-            Ok(m) => manifests.push(m),
-            Err(e) => errors.push(format!("{label}: {e}")),
-        }
-    }
+    let readable = repo.readable_manifests()?;
+    let manifests = readable.manifests;
+    let errors: Vec<String> = readable.unreadable.iter().map(|(label, e)| format!("{label}: {e}")).collect();
     if let Some(set) = set
         && !manifests.iter().any(|m| &m.label == set)
-        && !errors.iter().any(|e| e.starts_with(set.as_str()))
+        && !readable.unreadable.iter().any(|(label, _)| label == set)
     {
         return Err(Error::refused(format!("backup {set} does not exist in stanza {}", repo.name), None));
     }
-    let size_of = |label: &SetLabel| repo.storage.size(&Manifest::set_prefix(&repo.name, label));
+    // Each set's directory is measured once, however many sets reference it.
+    let mut sizes: BTreeMap<SetLabel, u64> = BTreeMap::new();
+    let mut size_of = |label: &SetLabel| -> Result<u64> {
+        if let Some(size) = sizes.get(label) {
+            return Ok(*size);
+        }
+        let size = repo.storage.size(&Manifest::set_prefix(&repo.name, label))?;
+        sizes.insert(label.clone(), size);
+        Ok(size)
+    };
     let mut sets = Vec::new();
     for m in manifests.iter().filter(|m| set.is_none_or(|s| &m.label == s)) {
         let repo_size = size_of(&m.label)?;

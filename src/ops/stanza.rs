@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops::identity::become_owner_of;
 use crate::pg::datadir::DataDir;
 use crate::repo::crypto::DataKey;
+use crate::repo::lease::SetLease;
 use crate::repo::stanza::{ClusterIdentity, StanzaRecord};
 use crate::repo::storage::{LocalStorage, Storage};
 
@@ -116,6 +117,15 @@ pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
         &resolved.name,
         "stanza-delete",
     )?;
+    // A mount or verify reading a set is not pulled out from under (a stale lease is no obstacle).
+    if let Some(lease) = SetLease::held(&resolved.repo.path, &resolved.name)?.first()
+        && !force
+    {
+        return Err(Error::refused(
+            format!("backups of stanza {} are in use by {}", resolved.name, lease.holder()),
+            Some("wait for it to finish (or unmount it), or pass --force".into()),
+        ));
+    }
     // The record goes first: from then on the stanza does not exist, whatever remains.
     storage.delete(&StanzaRecord::key_of(&resolved.name))?;
     storage.delete_prefix(&resolved.name)?;

@@ -78,10 +78,9 @@ impl StanzaRepo {
     /// Removes set directories that have no manifest: what a crashed or killed backup left.
     /// Call with the lock held. Returns the labels removed.
     pub fn remove_uncommitted(&self) -> Result<Vec<SetLabel>> {
-        let committed = self.labels()?;
         let mut removed = Vec::new();
-        for label in Manifest::list_set_dirs(&self.storage, &self.name)? {
-            if !committed.contains(&label) {
+        for (label, committed) in Manifest::list_sets(&self.storage, &self.name)? {
+            if !committed {
                 self.storage.delete_prefix(&Manifest::set_prefix(&self.name, &label))?;
                 removed.push(label);
             }

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use xxhash_rust::xxh3::xxh3_64;
-
 use crate::error::{Error, Result};
 use crate::pg::lsn::{TimelineId, WalSegment, is_history_file};
 use crate::repo::codec::Codec;
@@ -81,8 +79,8 @@ impl<'a> Archive<'a> {
     /// Stores `bytes` as `name`; the same content again is fine, different content is refused.
     pub fn push(&self, name: &str, bytes: &[u8]) -> Result<PushOutcome> {
         let key = self.key(name)?;
-        if let Some(existing) = self.get(name)? {
-            if xxh3_64(&existing) == xxh3_64(bytes) && existing == bytes {
+        if let Some(existing) = self.read(&key, name)? {
+            if existing == bytes {
                 return Ok(PushOutcome::AlreadyArchived);
             }
             return Err(Error::refused(
@@ -96,8 +94,11 @@ impl<'a> Archive<'a> {
 
     /// The content of `name`, or `None` when it is not archived.
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.key(name)?;
-        let Some(stored) = self.storage.get(&key)? else { return Ok(None) };
+        self.read(&self.key(name)?, name)
+    }
+
+    fn read(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(stored) = self.storage.get(key)? else { return Ok(None) };
         self.codec.decode(key.as_bytes(), &stored, MAX_FILE, &format!("archived WAL file {name}")).map(Some)
     }
 

@@ -5,7 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -14,7 +14,6 @@ use crate::error::{Error, IoContext, Result};
 /// A held stanza lock; released on drop.
 pub struct StanzaLock {
     _lock: Flock<std::fs::File>,
-    path: PathBuf,
 }
 
 impl StanzaLock {
@@ -50,12 +49,7 @@ impl StanzaLock {
         );
         lock.set_len(0).at("truncate", path)?;
         lock.write_all(holder.as_bytes()).at("write", path)?;
-        Ok(StanzaLock { _lock: lock, path: path.to_path_buf() })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(StanzaLock { _lock: lock })
     }
 }
 

@@ -242,28 +242,21 @@ impl Manifest {
         Ok(Some(manifest))
     }
 
-    /// Labels of every set directory in the stanza (committed or not), oldest first.
-    pub fn list_set_dirs(storage: &dyn Storage, stanza: &str) -> Result<Vec<SetLabel>> {
-        let mut labels: Vec<SetLabel> = storage
-            .list(&format!("{stanza}/backup/"))?
-            .iter()
-            .filter_map(|key| key.split('/').nth(2).and_then(|l| l.parse().ok()))
-            .collect();
-        labels.sort();
-        labels.dedup();
-        Ok(labels)
+    /// Every set directory in the stanza, oldest first, with whether it is committed (has its
+    /// manifest), from one listing.
+    pub fn list_sets(storage: &dyn Storage, stanza: &str) -> Result<Vec<(SetLabel, bool)>> {
+        let mut sets: std::collections::BTreeMap<SetLabel, bool> = std::collections::BTreeMap::new();
+        for key in storage.list(&format!("{stanza}/backup/"))? {
+            let Some(label) = key.split('/').nth(2).and_then(|l| l.parse().ok()) else { continue };
+            let manifest = key.ends_with("/manifest") && key.split('/').count() == 4;
+            *sets.entry(label).or_default() |= manifest;
+        }
+        Ok(sets.into_iter().collect())
     }
 
     /// Labels of committed sets (those with a manifest), oldest first.
     pub fn list_committed(storage: &dyn Storage, stanza: &str) -> Result<Vec<SetLabel>> {
-        let keys = storage.list(&format!("{stanza}/backup/"))?;
-        let mut labels: Vec<SetLabel> = keys
-            .iter()
-            .filter(|k| k.ends_with("/manifest") && k.split('/').count() == 4)
-            .filter_map(|key| key.split('/').nth(2).and_then(|l| l.parse().ok()))
-            .collect();
-        labels.sort();
-        Ok(labels)
+        Ok(Self::list_sets(storage, stanza)?.into_iter().filter(|(_, committed)| *committed).map(|(l, _)| l).collect())
     }
 
     /// The WAL segment size of the cluster, from the segments the set carries.

@@ -49,11 +49,6 @@ impl LocalStorage {
         LocalStorage { root: root.to_path_buf() }
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn path(&self, key: &str) -> Result<PathBuf> {
         if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
             return Err(Error::invalid(format!("repository key {key:?}"), "not a plain relative name"));
@@ -67,9 +62,17 @@ impl Storage for LocalStorage {
         let path = self.path(key)?;
         let parent = path.parent().expect("keys have a parent");
         if !parent.is_dir() {
+            let mut missing = Vec::new();
+            let mut dir = parent;
+            while !dir.is_dir() {
+                missing.push(dir);
+                dir = dir.parent().expect("the file system root exists");
+            }
             std::fs::create_dir_all(parent).at("create directory", parent)?;
-            if let Some(grandparent) = parent.parent() {
-                fsx::fsync_dir(grandparent)?;
+            // A new directory's entry is durable only once the directory holding it is synced:
+            // every one created here, from the top (a set's first pack creates two levels).
+            for created in missing.iter().rev() {
+                fsx::fsync_dir(created.parent().expect("below an existing directory"))?;
             }
         }
         fsx::write_atomic(&path, bytes, 0o640)

@@ -99,11 +99,11 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     let mut notes = Vec::new();
     let labels = repo.labels()?;
     let (mut kind, mut prior) = choose_prior(opts.kind.unwrap_or(BackupType::Incr), &labels, &mut notes);
-    let timeline: i32 = session.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])?.get(0);
+    let timeline = control.timeline.0;
     let prior_manifest = match &prior {
         Some(label) => {
             let manifest = repo.manifest(label)?;
-            match incompatible(&manifest, control.system_identifier, data.major(), timeline as u32) {
+            match incompatible(&manifest, control.system_identifier, data.major(), timeline) {
                 Some(reason) => {
                     notes.push(format!("taking a full backup instead of {kind}: {reason}"));
                     kind = BackupType::Full;
@@ -229,7 +229,7 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     drop(source);
     lap("manifest", &mut timings);
 
-    let expired = apply_retention(&repo, Utc::now())?;
+    let expired = apply_retention(&repo, Utc::now(), false)?;
     lap("expire", &mut timings);
     Ok(BackupReport {
         stanza: repo.name.clone(),
