@@ -89,7 +89,7 @@ fn full_incr_diff_round_trip(version: &PgVersion) {
     assert!(incr["stats"]["backup_size"].as_u64().unwrap() * 2 < full["stats"]["backup_size"].as_u64().unwrap());
     assert_eq!(full["bad_pages"], 0);
 
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     assert_eq!(info["status"], "ok");
     assert_eq!(info["sets"].as_array().unwrap().len(), 3);
     assert_eq!(info["cipher"], if pass.is_some() { "aes-256-gcm" } else { "none" });
@@ -119,7 +119,7 @@ fn delta_restore_rewrites_only_what_differs() {
     let data = dir.path().join("data");
     repo.ok(&["restore", "--data", data.to_str().unwrap()]);
     // Damage the restored copy: change a relation, remove a file, add a stray one.
-    let rel = cluster.psql("postgres", "SELECT pg_relation_filepath('pgbench_accounts')");
+    let rel = cluster.relation_path("postgres", "pgbench_accounts");
     let file = data.join(&rel);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[8192 * 3 + 500] ^= 0xFF;
@@ -169,6 +169,6 @@ fn retention_expires_old_fulls_and_their_dependents() {
         second["expired"]["removed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(removed, vec![first["label"].as_str().unwrap(), first_incr["label"].as_str().unwrap()]);
     assert!(second["expired"]["freed_bytes"].as_u64().unwrap() > 0);
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     assert_eq!(info["sets"].as_array().unwrap().len(), 1);
 }

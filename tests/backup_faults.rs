@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -28,7 +28,7 @@ fn setup(scale: u32, pass: Option<&str>) -> (Cluster, RepoSetup) {
 }
 
 fn set_count(repo: &RepoSetup) -> usize {
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     info["sets"].as_array().unwrap().len()
 }
 
@@ -99,7 +99,7 @@ fn truncated_and_missing_manifests() {
     let manifest = set_dir(&repo, &second).join("manifest");
     let bytes = std::fs::read(&manifest).unwrap();
     std::fs::write(&manifest, &bytes[..bytes.len() / 2]).unwrap();
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     assert!(info["status"].as_str().unwrap().starts_with("error"), "{info}");
     assert!(info["errors"][0].as_str().unwrap().contains(&second), "{info}");
     let out = repo.run(&["restore", "--set", &second, "--data", "/tmp/pgfork-never"]);
@@ -111,7 +111,7 @@ fn truncated_and_missing_manifests() {
 
     // A set whose manifest is missing does not exist: absent from info, removed by the next backup.
     std::fs::remove_file(set_dir(&repo, &third).join("manifest")).unwrap();
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     assert!(!info.to_string().contains(&third));
     std::fs::write(&manifest, &bytes).unwrap();
     let next = repo.backup("incr");
@@ -130,19 +130,14 @@ fn a_killed_backup_leaves_no_set_and_earlier_sets_intact() {
     let first = repo.backup("full")["label"].as_str().unwrap().to_string();
     cluster.psql("postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 50 = 0");
     for delay_ms in [30u64, 250, 700, 1500] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgfork"))
-            .args(["backup", "--type", "full", "--config", repo.config.to_str().unwrap()])
-            .env("PGFORK_PASSPHRASE", "pw")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child =
+            repo.command(&["backup", "--type", "full"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let status = child.wait().unwrap();
         if status.success() {
             // It finished before the kill: a complete set is fine too; drop it to keep counting simple.
-            let sets: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+            let sets: serde_json::Value = repo.info();
             let last = sets["sets"].as_array().unwrap().last().unwrap()["label"].as_str().unwrap().to_string();
             repo.ok(&["expire", "--set", &last]);
         }
@@ -160,13 +155,8 @@ fn two_backups_at_once_are_refused_with_the_holder_named() {
         return;
     }
     let (_cluster, repo) = setup(8, Some("pw"));
-    let mut first = Command::new(env!("CARGO_BIN_EXE_pgfork"))
-        .args(["backup", "--type", "full", "--config", repo.config.to_str().unwrap()])
-        .env("PGFORK_PASSPHRASE", "pw")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first =
+        repo.command(&["backup", "--type", "full"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let lock = repo.repo_path().join("main/lock");
     let mark = format!("pid {}", first.id());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -199,8 +189,8 @@ fn relations_truncated_and_dropped_during_a_backup() {
     }
     let expected = cluster
         .psql("postgres", "SELECT md5(string_agg(aid::text || abalance, ',' ORDER BY aid)) FROM pgbench_accounts");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgfork"))
-        .args(["backup", "--type", "full", "--json", "--config", repo.config.to_str().unwrap()])
+    let mut child = repo
+        .command(&["backup", "--type", "full", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -262,7 +252,7 @@ fn bad_page_checksums_are_recorded_without_aborting() {
         return;
     }
     let (mut cluster, repo) = setup(1, None);
-    let rel = cluster.psql("postgres", "SELECT pg_relation_filepath('pgbench_accounts')");
+    let rel = cluster.relation_path("postgres", "pgbench_accounts");
     cluster.stop();
     // Corrupt block 7 on disk while the server is down, so no buffer hides it.
     let file = cluster.data.join(&rel);
@@ -273,7 +263,7 @@ fn bad_page_checksums_are_recorded_without_aborting() {
 
     let report = repo.backup("full");
     assert_eq!(report["bad_pages"], 1, "{report}");
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     let bad = &info["sets"][0]["bad_pages"][0];
     assert_eq!(bad["path"], rel.as_str());
     assert_eq!(bad["block"], 7);

@@ -37,12 +37,7 @@ fn cold_fork_of_a_stopped_cluster(version: &PgVersion) {
         &version.bin("pg_ctl"),
         &["start", "-w", "-D", dst.to_str().unwrap(), "-l", dst.join("log.txt").to_str().unwrap()],
     );
-    let fork = RunningFork {
-        version: version.clone(),
-        data: dst.clone(),
-        socket_dir: source.socket_dir.path().to_path_buf(),
-        port,
-    };
+    let fork = RunningFork::beside(&source, &dst, port);
     assert_eq!(fork.psql("postgres", "SELECT answer FROM marker"), "42");
     assert_eq!(fork.psql("postgres", "SELECT count(*) FROM pgbench_accounts"), "100000");
     fork.amcheck();
@@ -62,12 +57,7 @@ fn fork_with_a_tablespace(version: &PgVersion) {
     let port = free_port();
     let out = pgfork_ok(&strs(&fork_args(3, &source, &dst, port, &["--start", "--json"])));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let fork = RunningFork {
-        version: version.clone(),
-        data: dst.clone(),
-        socket_dir: source.socket_dir.path().to_path_buf(),
-        port,
-    };
+    let fork = RunningFork::beside(&source, &dst, port);
     let oid = source.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
     let link = std::fs::read_link(dst.join("pg_tblspc").join(&oid)).unwrap();
     let expected = PathBuf::from(format!("{}_tblspc/{oid}", dst.display()));

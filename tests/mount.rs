@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::heartbeat::*;
@@ -29,13 +29,10 @@ impl MountProcess {
         // A stale mount point (its process killed) cannot be stat-ed; it exists all the same.
         let _ = std::fs::create_dir_all(mountpoint);
         let log = mountpoint.with_extension("log");
-        let mut cmd = Command::new(server_side_pgfork());
-        cmd.arg("mount").arg(mountpoint).args(args).arg("--config").arg(&repo.config);
-        if let Some(p) = &repo.passphrase {
-            cmd.env("PGFORK_PASSPHRASE", p);
-        }
+        let mut all = vec!["mount", mountpoint.to_str().unwrap()];
+        all.extend(args);
         let out = File::create(&log).unwrap();
-        let child = cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
+        let child = repo.command(&all).stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
         let mut mount = MountProcess { child, mountpoint: mountpoint.to_path_buf(), log };
         let deadline = Instant::now() + Duration::from_secs(30);
         // A stale mount at the same place is listed too, but answers ENOTCONN until replaced.
@@ -109,11 +106,6 @@ fn assert_same_files(mounted: &Path, restored: &Path) {
     }
 }
 
-/// The path of `table`'s first segment in database `db`, relative to the data directory.
-fn relation_path(cluster: &Cluster, db: &str, table: &str) -> String {
-    cluster.psql(db, &format!("SELECT pg_relation_filepath('{table}')"))
-}
-
 /// Reads `file` from `threads` threads at once, each in its own order and read size, and checks
 /// every thread got `expected`.
 fn assert_concurrent_reads(file: &Path, expected: &[u8], threads: usize) {
@@ -163,7 +155,7 @@ fn mounted_sets_match_restores_and_boot(version: &PgVersion) {
         assert_same_files(&stanza.join(label), &restored);
     }
     // Concurrent readers of the largest relation get the restored bytes.
-    let accounts = relation_path(&cluster, "postgres", "pgbench_accounts");
+    let accounts = cluster.relation_path("postgres", "pgbench_accounts");
     let expected = std::fs::read(dir.path().join(format!("restored-{incr}")).join(&accounts)).unwrap();
     assert_concurrent_reads(&stanza.join(&incr).join(&accounts), &expected, 4);
 
@@ -194,7 +186,7 @@ fn mounted_sets_match_restores_and_boot(version: &PgVersion) {
         let steps = report["steps"].to_string();
         assert_eq!(steps.contains("overlay"), !mode.is_empty(), "{steps}");
     }
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     assert_eq!(info["sets"][1]["verification"]["proven"], true, "{info}");
     assert!(info["sets"][0]["verification"].is_null(), "{info}");
     assert!(repo.ok(&["info"]).contains("verified: proven at"));
@@ -293,11 +285,7 @@ fn faults_under_a_mount() {
     std::fs::write(encrypted.dir.path().join("passphrase"), "wrong").unwrap();
     let mp = dir.path().join("refused");
     std::fs::create_dir(&mp).unwrap();
-    let out = Command::new(server_side_pgfork())
-        .args(["mount", mp.to_str().unwrap(), "--config", encrypted.config.to_str().unwrap()])
-        .env_remove("PGFORK_PASSPHRASE")
-        .output()
-        .unwrap();
+    let out = encrypted.command(&["mount", mp.to_str().unwrap()]).env_remove("PGFORK_PASSPHRASE").output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"),
@@ -307,7 +295,7 @@ fn faults_under_a_mount() {
     assert!(!is_pgfork_mount(&mp));
 
     // A corrupt run: reads of that file fail with EIO, the rest of the set reads.
-    let accounts = relation_path(&cluster, "postgres", "pgbench_accounts");
+    let accounts = cluster.relation_path("postgres", "pgbench_accounts");
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(repo.repo_path().join(format!("main/backup/{second}/manifest"))).unwrap(),
     )
@@ -336,7 +324,7 @@ fn faults_under_a_mount() {
     assert!(!listed.iter().any(|p| p.starts_with(&third)), "a set without manifest is listed: {listed:?}");
     let err = std::fs::read(stanza.join(&second).join(&accounts)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    let pg_class = relation_path(&cluster, "postgres", "pg_class");
+    let pg_class = cluster.relation_path("postgres", "pg_class");
     assert!(!std::fs::read(stanza.join(&second).join(&pg_class)).unwrap().is_empty());
     assert!(!std::fs::read(stanza.join(&first).join(&accounts)).unwrap().is_empty());
 
@@ -374,11 +362,8 @@ fn faults_under_a_mount() {
     // verify --keep keeps the server until interrupted, then tears everything down.
     let work = dir.path().join("kept");
     let log = dir.path().join("kept.log");
-    let mut cmd = Command::new(server_side_pgfork());
-    cmd.args(["verify", "--set", &fourth, "--keep", "--work", work.to_str().unwrap()]);
-    cmd.arg("--config").arg(&repo.config);
-    let mut verify = cmd
-        .stdin(Stdio::null())
+    let mut verify = repo
+        .command(&["verify", "--set", &fourth, "--keep", "--work", work.to_str().unwrap()])
         .stdout(File::create(&log).unwrap())
         .stderr(File::create(dir.path().join("kept.err")).unwrap())
         .spawn()
@@ -402,10 +387,12 @@ fn faults_under_a_mount() {
 
     // A verify killed outright leaves its server and work directory; the next verify removes them.
     let err_log = dir.path().join("killed.err");
-    let mut cmd = Command::new(server_side_pgfork());
-    cmd.args(["verify", "--set", &fourth, "--keep", "--config", repo.config.to_str().unwrap()]);
-    let mut killed =
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(File::create(&err_log).unwrap()).spawn().unwrap();
+    let mut killed = repo
+        .command(&["verify", "--set", &fourth, "--keep"])
+        .stdout(Stdio::null())
+        .stderr(File::create(&err_log).unwrap())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&err_log).unwrap().contains("kept running") {
         assert!(killed.try_wait().unwrap().is_none() && Instant::now() < deadline, "verify --keep did not keep");
@@ -471,7 +458,7 @@ fn a_set_with_a_tablespace(version: &PgVersion) {
     let mp = dir.path().join("set");
     let _mount = MountProcess::start(&repo, &mp, &["--set", &label]);
     let oid = cluster.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
-    let far = cluster.psql("postgres", "SELECT pg_relation_filepath('far')");
+    let far = cluster.relation_path("postgres", "far");
     assert!(far.starts_with(&format!("pg_tblspc/{oid}/")), "{far}");
     assert!(std::fs::symlink_metadata(mp.join("pg_tblspc").join(&oid)).unwrap().is_dir());
     let on_disk = std::fs::read(ts_dir.path().join(far.splitn(3, '/').nth(2).unwrap())).unwrap();

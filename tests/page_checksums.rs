@@ -12,7 +12,7 @@ fn checksums_match_postgresql(version: &PgVersion) {
     let mut cluster = Cluster::init(version, None);
     cluster.start();
     cluster.pgbench_init("postgres", 1);
-    let relpath = cluster.psql("postgres", "SELECT pg_relation_filepath('pgbench_accounts')");
+    let relpath = cluster.relation_path("postgres", "pgbench_accounts");
     cluster.stop();
 
     let file = cluster.data.join(&relpath);

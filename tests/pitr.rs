@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::heartbeat::*;
@@ -67,7 +66,7 @@ fn heartbeat_targets(version: &PgVersion) {
         recover(&cluster, &repo, &["--type", "xid", "--target", &target.txid.to_string(), "--target-exclusive"]);
     assert_eq!(id, target.id - 1);
 
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     assert_eq!(info["archive"][0]["timeline"], 1);
     assert!(info["recovery_window"].is_array());
 }
@@ -96,22 +95,7 @@ fn a_timeline_switch_and_pitr_onto_the_new_timeline() {
         "--target-action",
         "promote",
     ]);
-    let port = free_port();
-    append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
-    let version = cluster.version.clone();
-    let start = |data: &Path| {
-        must_run_as_postgres(
-            &version.bin("pg_ctl"),
-            &["start", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
-        )
-    };
-    start(&data);
-    let promoted = RunningFork {
-        version: version.clone(),
-        data: data.clone(),
-        socket_dir: cluster.socket_dir.path().to_path_buf(),
-        port,
-    };
+    let promoted = start_copy(&cluster, &data);
     let deadline = Instant::now() + Duration::from_secs(60);
     while promoted.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
         assert!(Instant::now() < deadline, "the recovered cluster never promoted");
@@ -129,8 +113,8 @@ fn a_timeline_switch_and_pitr_onto_the_new_timeline() {
         ),
     );
     must_run_as_postgres(
-        &version.bin("pg_ctl"),
-        &["restart", "-w", "-D", data.to_str().unwrap(), "-l", dir.path().join("log").to_str().unwrap()],
+        &cluster.version.bin("pg_ctl"),
+        &["restart", "-w", "-D", data.to_str().unwrap(), "-l", data.with_extension("log").to_str().unwrap()],
     );
     repo.ok(&["archive-push", data.join("pg_wal/00000002.history").to_str().unwrap()]);
     for _ in 0..5 {
@@ -168,7 +152,7 @@ fn a_timeline_switch_and_pitr_onto_the_new_timeline() {
     .unwrap();
     let check = check.to_str().unwrap();
     repo.ok(&["verify", "--type", "time", "--target", &tl2_target, "--target-timeline", "latest", "--sql", check]);
-    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    let info: serde_json::Value = repo.info();
     assert!(info["archive"].as_array().unwrap().iter().any(|a| a["timeline"] == 2), "{info}");
 }
 
@@ -232,14 +216,8 @@ fn pushes_from_another_cluster_are_refused_and_concurrent_pushes_agree() {
     std::fs::remove_file(&archived).unwrap();
     let local = cluster.data.join("pg_wal").join(&seg);
     let push = || {
-        let config = repo.config.clone();
-        let path = local.clone();
-        std::thread::spawn(move || {
-            std::process::Command::new(server_side_pgfork())
-                .args(["archive-push", path.to_str().unwrap(), "--config", config.to_str().unwrap()])
-                .output()
-                .unwrap()
-        })
+        let mut push = repo.command(&["archive-push", local.to_str().unwrap()]);
+        std::thread::spawn(move || push.output().unwrap())
     };
     let (a, b) = (push(), push());
     for out in [a.join().unwrap(), b.join().unwrap()] {
@@ -294,12 +272,7 @@ fn pitr_onto_a_fork_while_the_source_writes(version: &PgVersion) {
         report["restore"]["bytes_unchanged"].as_u64().unwrap() > report["restore"]["bytes_written"].as_u64().unwrap(),
         "the fork should share most pages: {report}"
     );
-    let fork = RunningFork {
-        version: version.clone(),
-        data: dst.clone(),
-        socket_dir: cluster.socket_dir.path().to_path_buf(),
-        port,
-    };
+    let fork = RunningFork::beside(&cluster, &dst, port);
     let last: f64 = fork.psql("postgres", "SELECT extract(epoch FROM max(ts)) FROM heartbeat").parse().unwrap();
     assert!(last <= target.epoch && target.epoch - last < 1.0, "fork landed at {last}, target {}", target.epoch);
     assert_eq!(fork.psql("postgres", "SHOW port"), port.to_string());
@@ -346,12 +319,7 @@ fn pg_pitr_name_recovers_a_stopped_instance_in_place() {
     let out = run(&["-D", &data, "-t", &beats[8].ts, "-y"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     cluster.start_no_wait_check();
-    let restored = RunningFork {
-        version: cluster.version.clone(),
-        data: cluster.data.clone(),
-        socket_dir: cluster.socket_dir.path().to_path_buf(),
-        port: cluster.port,
-    };
+    let restored = RunningFork::beside(&cluster, &cluster.data, cluster.port);
     wait_paused(&restored);
     let last: f64 = restored.psql("postgres", "SELECT extract(epoch FROM max(ts)) FROM heartbeat").parse().unwrap();
     assert!(last <= beats[8].epoch && beats[8].epoch - last < 1.0);

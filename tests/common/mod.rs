@@ -163,12 +163,7 @@ impl Cluster {
 
     /// Starts the server and waits until it accepts connections.
     pub fn start(&mut self) {
-        let log = self.root.path().join("server.log");
-        must_run_as_postgres(
-            &self.version.bin("pg_ctl"),
-            &["start", "-w", "-t", "120", "-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap()],
-        );
-        self.running = true;
+        self.start_no_wait_check();
         self.session("postgres");
     }
 
@@ -189,6 +184,11 @@ impl Cluster {
             &["stop", "-w", "-m", "fast", "-D", self.data.to_str().unwrap()],
         );
         self.running = false;
+    }
+
+    /// The path of `table`'s first segment file in `db`, relative to the data directory.
+    pub fn relation_path(&self, db: &str, table: &str) -> String {
+        self.psql(db, &format!("SELECT pg_relation_filepath('{table}')"))
     }
 
     pub fn target(&self, db: &str) -> ConnTarget {
@@ -290,6 +290,16 @@ pub struct RunningFork {
 }
 
 impl RunningFork {
+    /// The server of `data`, started on `port` with its socket beside `source`'s.
+    pub fn beside(source: &Cluster, data: &Path, port: u16) -> RunningFork {
+        RunningFork {
+            version: source.version.clone(),
+            data: data.to_path_buf(),
+            socket_dir: source.socket_dir.path().to_path_buf(),
+            port,
+        }
+    }
+
     pub fn psql(&self, db: &str, sql: &str) -> String {
         psql(&self.version, &self.socket_dir, self.port, db, sql)
     }
@@ -438,15 +448,25 @@ impl RepoSetup {
         self.dir.path().join("repo")
     }
 
-    /// Runs `pgfork <args> --config <config>` with the passphrase in the environment.
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// `pgfork <args> --config <config>` with the passphrase in the environment.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(server_side_pgfork());
         cmd.args(args).arg("--config").arg(&self.config).stdin(Stdio::null());
         match &self.passphrase {
             Some(p) => cmd.env("PGFORK_PASSPHRASE", p),
             None => cmd.env_remove("PGFORK_PASSPHRASE"),
         };
-        cmd.output().expect("run pgfork")
+        cmd
+    }
+
+    /// Runs [`RepoSetup::command`] to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run pgfork")
+    }
+
+    /// `pgfork info --output json`, parsed.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["info", "--output", "json"])).unwrap()
     }
 
     /// Like [`RepoSetup::run`], panicking on failure; returns stdout.
@@ -486,12 +506,7 @@ pub fn start_copy(source: &Cluster, data: &Path) -> RunningFork {
         &source.version.bin("pg_ctl"),
         &["start", "-w", "-t", "120", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()],
     );
-    RunningFork {
-        version: source.version.clone(),
-        data: data.to_path_buf(),
-        socket_dir: source.socket_dir.path().to_path_buf(),
-        port,
-    }
+    RunningFork::beside(source, data, port)
 }
 
 /// `pgfork fork <id>` of `source` into `dst` on `dst_port` (with -y and the source's binaries),

@@ -39,12 +39,7 @@ pub fn hot_fork_under_pgbench(version: &PgVersion, base: Option<&Path>, scale: u
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fork --json prints JSON");
     std::mem::forget(dst_dir); // removed with the fork below
 
-    let fork = RunningFork {
-        version: version.clone(),
-        data: dst.clone(),
-        socket_dir: source.socket_dir.path().to_path_buf(),
-        port: fork_port,
-    };
+    let fork = RunningFork::beside(&source, &dst, fork_port);
     assert_eq!(report["mode"], "hot");
     assert_eq!(report["started"], true);
     let in_fork: i64 = fork.psql("postgres", "SELECT n FROM counter").parse().unwrap();
