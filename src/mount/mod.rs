@@ -31,6 +31,7 @@ use crate::ops::stanza_repo::StanzaRepo;
 use crate::repo::label::SetLabel;
 use crate::repo::lease::SetLease;
 use crate::repo::manifest::Manifest;
+use crate::util::ms_since;
 
 /// Decoded runs kept in memory by default.
 pub const DEFAULT_CACHE: usize = 64 * 1024 * 1024;
@@ -173,7 +174,7 @@ pub fn serve(
     // The lease lives as long as the mount.
     let _lease = prepared.lease;
     let mounted = session::mount(prepared.fs, mountpoint)?;
-    ready(&MountReport { mount_ms: started.elapsed().as_secs_f64() * 1000.0, ..report });
+    ready(&MountReport { mount_ms: ms_since(started), ..report });
     wait_for_end(mounted, signals)
 }
 

@@ -164,14 +164,7 @@ fn remove_stale(spool: &Path, current: &WalSegment, size: u64) {
 }
 
 fn segment_size_of(spool: &Path) -> Option<u64> {
-    // pg_wal holds segments of the cluster's size; any of them tells it.
-    let wal = spool.parent()?;
-    std::fs::read_dir(wal).ok()?.flatten().find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        (name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| e.metadata().ok().map(|m| m.len()))
-            .flatten()
-    })
+    crate::pg::wal::segment_size_in(spool.parent()?)
 }
 
 /// Writes `bytes` to a temporary name beside `dest` and renames it over `dest`.

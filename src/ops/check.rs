@@ -13,6 +13,7 @@ use crate::pg::datadir::DataDir;
 use crate::pg::session::Session;
 use crate::repo::archive::Archive;
 use crate::repo::storage::Storage;
+use crate::util::ms_since;
 
 /// What check found.
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +62,7 @@ pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
     if problems.is_empty() {
         while started.elapsed() < timeout {
             if repo.storage.modified(&key)?.is_some() {
-                archived_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                archived_ms = Some(ms_since(started));
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));

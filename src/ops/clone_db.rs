@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::pg::session::{ConnTarget, Session, quote_ident};
+use crate::util::ms_since;
 
 /// A clone-db request.
 #[derive(Debug, Clone)]
@@ -116,7 +117,7 @@ pub fn clone_db(opts: &CloneDbOptions) -> Result<CloneDbReport> {
     let mut blocked_ms = 0.0;
     if blocked {
         let reopen = session.execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(&opts.template)));
-        blocked_ms = blocked_at.elapsed().as_secs_f64() * 1000.0;
+        blocked_ms = ms_since(blocked_at);
         if let Err(e) = reopen {
             return Err(Error::refused(
                 format!("database {} still refuses connections: {e}", opts.template),
@@ -150,18 +151,18 @@ fn create(session: &Session, opts: &CloneDbOptions, version: u32, notes: &mut Ve
         ));
         let start = Instant::now();
         session.execute(&sql)?;
-        return Ok((false, elapsed_ms(start)));
+        return Ok((false, ms_since(start)));
     }
     session.execute("SET file_copy_method = clone")?;
     let start = Instant::now();
     match session.execute(&sql) {
-        Ok(()) => Ok((true, elapsed_ms(start))),
+        Ok(()) => Ok((true, ms_since(start))),
         Err(Error::Postgres { source, .. }) if is_clone_unsupported(&source) => {
             notes.push("the file system cannot clone files: FILE_COPY fell back to a full copy".into());
             session.execute("SET file_copy_method = copy")?;
             let start = Instant::now();
             session.execute(&sql)?;
-            Ok((false, elapsed_ms(start)))
+            Ok((false, ms_since(start)))
         }
         Err(e) => Err(e),
     }
@@ -207,8 +208,4 @@ fn terminate_sessions(session: &Session, database: &str, wait: Duration) -> Resu
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(victims)
-}
-
-fn elapsed_ms(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1000.0
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::Resolved;
 use crate::error::{Error, Result};
 use crate::ops::stanza_repo::StanzaRepo;
-use crate::pg::lsn::Lsn;
+use crate::pg::lsn::{Lsn, is_segment_name};
 use crate::repo::archive::Archive;
 use crate::repo::label::{BackupType, SetLabel};
 use crate::repo::manifest::{BadPage, Manifest};
@@ -158,7 +158,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
     let mut ranges = Vec::new();
     let mut newest: Option<DateTime<Utc>> = None;
     for (tli, names) in archive.list()? {
-        let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
+        let segments: Vec<&String> = names.iter().filter(|n| is_segment_name(n)).collect();
         if let (Some(min), Some(max)) = (segments.first(), segments.last()) {
             if let Some(modified) = repo.storage.modified(&archive.key(max)?)? {
                 let modified: DateTime<Utc> = modified.into();

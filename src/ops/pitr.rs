@@ -18,6 +18,7 @@ use crate::pg::datadir::{DataDir, PostmasterPid};
 use crate::pg::session::{ConnTarget, Session};
 use crate::progress::Progress;
 use crate::repo::label::SetLabel;
+use crate::util::ms_since;
 
 /// A PITR-onto-a-fork request.
 #[derive(Debug, Clone)]
@@ -100,7 +101,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
         };
         reached = Some(wait_for_target(&target, dst, opts.recovery.action)?);
     }
-    Ok(PitrForkReport { fork, restore: restored, reached, duration_ms: started.elapsed().as_secs_f64() * 1000.0 })
+    Ok(PitrForkReport { fork, restore: restored, reached, duration_ms: ms_since(started) })
 }
 
 /// Waits until recovery reached its target — paused, promoted, or (with the shutdown action) the

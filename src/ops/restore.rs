@@ -29,6 +29,7 @@ use crate::repo::manifest::{Extent, FileEntry, Manifest, RunRef};
 use crate::repo::read::RunReader;
 use crate::scan::selects_by_lsn;
 use crate::util::fsx;
+use crate::util::{Laps, ms_since};
 
 /// A restore request.
 #[derive(Debug, Clone)]
@@ -115,7 +116,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
             bytes_cloned: 0,
             files_removed: 0,
             wal_segments: manifest.wal.len() as u64,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: ms_since(started),
             timings: Vec::new(),
             plan,
             dry_run: true,
@@ -131,12 +132,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     }
     create_dirs(target, &manifest, &locations)?;
 
-    let mut timings = Vec::new();
-    let mut step = Instant::now();
-    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
-        timings.push((name, (step.elapsed().as_secs_f64() * 10_000.0).round() / 10.0));
-        step = Instant::now();
-    };
+    let mut laps = Laps::start();
     let reader = RunReader::new(&repo.storage, &repo.codec, &repo.name);
     let written = AtomicU64::new(0);
     let unchanged = AtomicU64::new(0);
@@ -182,7 +178,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         })
     })?;
     progress.end();
-    lap("files", &mut timings);
+    laps.lap("files");
 
     let wal_dir = target.join("pg_wal");
     for entry in &manifest.wal {
@@ -212,13 +208,13 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
                 .to_string(),
         ],
     };
-    lap("wal", &mut timings);
+    laps.lap("wal");
     // Files were flushed as they completed (a syncfs would also wait for every other writer of
     // the file system, such as a running server's checkpoint); now the directories.
     for dir in manifest.dirs.iter().map(|d| target.join(&d.path)).chain([target.to_path_buf()]) {
         fsx::fsync_dir(&dir)?;
     }
-    lap("sync", &mut timings);
+    laps.lap("sync");
     Ok(RestoreReport {
         stanza: repo.name.clone(),
         label,
@@ -229,8 +225,8 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
         bytes_cloned: cloned.into_inner(),
         files_removed,
         wal_segments: manifest.wal.len() as u64,
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        timings,
+        duration_ms: ms_since(started),
+        timings: laps.timings,
         plan,
         dry_run: false,
         notes,

@@ -63,7 +63,7 @@ impl WalSegment {
 
     /// Parses a segment file name; `None` for anything else (history files, `.partial`, …).
     pub fn parse(name: &str, segment_size: u64) -> Option<WalSegment> {
-        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_segment_name(name) {
             return None;
         }
         let timeline = u32::from_str_radix(&name[0..8], 16).ok()?;
@@ -75,6 +75,11 @@ impl WalSegment {
         }
         Some(WalSegment { timeline: TimelineId(timeline), number: log * per_id + seg })
     }
+}
+
+/// Whether `name` looks like a WAL segment file (24 hexadecimal digits).
+pub fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether `name` is a timeline history file (`00000002.history`).

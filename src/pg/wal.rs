@@ -6,6 +6,16 @@ use crate::pg::backup_label::BackupLabel;
 use crate::pg::lsn::{Lsn, WalSegment};
 use crate::pg::session::Session;
 
+/// The WAL segment size of the cluster whose pg_wal is `wal_dir`: the size of any segment in it
+/// (PostgreSQL creates them all at full size); `None` without one.
+pub fn segment_size_in(wal_dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_dir(wal_dir).ok()?.flatten().find_map(|e| {
+        crate::pg::lsn::is_segment_name(&e.file_name().to_string_lossy())
+            .then(|| e.metadata().ok().map(|m| m.len()))
+            .flatten()
+    })
+}
+
 /// The server's WAL segment size in bytes.
 pub fn segment_size(session: &Session) -> Result<u64> {
     let row = session.query_one(

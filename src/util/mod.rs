@@ -1,8 +1,34 @@
-//! Small helpers shared across modules: durable file writes, termination signals, byte-size
-//! formatting.
+//! Small helpers shared across modules: durable file writes, termination signals, timings,
+//! byte-size formatting.
 
 pub mod fsx;
 pub mod signals;
+
+/// Milliseconds since `started`, to a tenth: the unit of every timing in reports.
+pub fn ms_since(started: std::time::Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// Times consecutive steps of an operation: each lap records the milliseconds since the last.
+#[derive(Debug)]
+pub struct Laps {
+    step: std::time::Instant,
+    /// (step, milliseconds) in order.
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+impl Laps {
+    /// Starts timing now.
+    pub fn start() -> Laps {
+        Laps { step: std::time::Instant::now(), timings: Vec::new() }
+    }
+
+    /// Ends step `name` and starts the next.
+    pub fn lap(&mut self, name: &'static str) {
+        self.timings.push((name, ms_since(self.step)));
+        self.step = std::time::Instant::now();
+    }
+}
 
 /// Formats a byte count for people: `1.5 GiB`, `832 KiB`, `12 B`.
 pub fn human_bytes(bytes: u64) -> String {

@@ -27,6 +27,7 @@ use crate::repo::manifest::{Manifest, SetStats, WalEntry};
 use crate::repo::pack::PackSink;
 use crate::repo::storage::Storage;
 use crate::scan::{ScanRequest, ScannedFile, scan_file};
+use crate::util::{Laps, ms_since};
 
 /// A backup request.
 #[derive(Debug, Clone)]
@@ -122,20 +123,15 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     if let Err(e) = session.query("SELECT pg_create_physical_replication_slot($1, true, true)", &[&slot]) {
         progress.note(&format!("could not reserve WAL with a temporary replication slot ({e}); going on"));
     }
-    let mut timings = Vec::new();
-    let mut step = Instant::now();
-    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, f64)>| {
-        timings.push((name, (step.elapsed().as_secs_f64() * 10_000.0).round() / 10.0));
-        step = Instant::now();
-    };
+    let mut laps = Laps::start();
     let start_time = Utc::now();
     let start: String =
         session.query_one("SELECT pg_backup_start($1, $2)::text", &[&label.as_str(), &opts.fast_checkpoint])?.get(0);
     let start_lsn: Lsn = start.parse()?;
-    lap("backup_start", &mut timings);
+    laps.lap("backup_start");
 
     let source = snapshot::prepare(&data, resolved.stanza.snapshot)?;
-    lap("snapshot", &mut timings);
+    laps.lap("snapshot");
     let sink = PackSink::new(&repo.storage, &repo.codec, &repo.name, &label);
     let total: u64 = source.files.iter().map(|f| f.size).sum();
     progress.begin("backup", total);
@@ -158,19 +154,19 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     scanned.push(scan_one(control_file)?);
     progress.end();
     sink.finish()?;
-    lap("scan", &mut timings);
+    laps.lap("scan");
 
     let row = session.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])?;
     let (stop, labelfile, spcmapfile): (String, String, String) = (row.get(0), row.get(1), row.get(2));
     let stop_time = Utc::now();
     let stop_lsn: Lsn = stop.parse()?;
-    lap("backup_stop", &mut timings);
+    laps.lap("backup_stop");
     let backup_label = BackupLabel::parse(&labelfile)?;
     let segment_size = crate::pg::wal::segment_size(&session)?;
     let segments = crate::pg::wal::backup_segments(&backup_label, stop_lsn, segment_size)?;
     let wal = store_wal(&repo, &label, &data.path().join("pg_wal"), &segments)?;
     drop(session);
-    lap("wal", &mut timings);
+    laps.lap("wal");
 
     let mut stats = SetStats::default();
     let mut files = Vec::new();
@@ -227,10 +223,10 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     manifest.save(&repo.storage, &repo.codec, &repo.name)?;
     let snapshot_taken = source.snapshot_taken();
     drop(source);
-    lap("manifest", &mut timings);
+    laps.lap("manifest");
 
     let expired = apply_retention(&repo, Utc::now(), false)?;
-    lap("expire", &mut timings);
+    laps.lap("expire");
     Ok(BackupReport {
         stanza: repo.name.clone(),
         label,
@@ -242,8 +238,8 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
         bad_pages: manifest.bad_pages.len(),
         stats: manifest.stats.clone(),
         wal_segments: manifest.wal.len(),
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        timings,
+        duration_ms: ms_since(started),
+        timings: laps.timings,
         notes,
         cleaned,
         expired,

@@ -26,6 +26,7 @@ use crate::progress::Progress;
 use crate::util::fsx;
 
 use crate::pg::backup_label::{BackupLabel, tablespace_map};
+use crate::util::ms_since;
 use fixup::{SourceSettings, fork_cluster_name, fork_settings};
 pub use options::{ForkOptions, ModeRequest, default_destination, default_port};
 use preflight::Destination;
@@ -281,19 +282,19 @@ impl PreparedFork {
                 let step = Instant::now();
                 let label_name = format!("pgfork fork {}", self.opts.id);
                 let start: String = session.query_one("SELECT pg_backup_start($1, true)::text", &[&label_name])?.get(0);
-                timings.backup_start_ms = ms(step.elapsed());
+                timings.backup_start_ms = ms_since(step);
 
                 let step = Instant::now();
                 copy_begin(progress, tree.allocated_bytes());
                 files = tree.execute(self.method, true, progress)?;
                 progress.end();
-                timings.copy_ms = ms(step.elapsed());
+                timings.copy_ms = ms_since(step);
 
                 let step = Instant::now();
                 let row =
                     session.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])?;
                 let (stop, labelfile, _spcmap): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-                timings.backup_stop_ms = ms(step.elapsed());
+                timings.backup_stop_ms = ms_since(step);
 
                 let step = Instant::now();
                 let label = BackupLabel::parse(&labelfile)?;
@@ -309,7 +310,7 @@ impl PreparedFork {
                     segment_size,
                 )?;
                 wal_plan.execute(self.method, false, &crate::progress::Silent)?;
-                timings.wal_ms = ms(step.elapsed());
+                timings.wal_ms = ms_since(step);
 
                 let step = Instant::now();
                 fsx::write_atomic(&staging.data().join("backup_label"), labelfile.as_bytes(), 0o600)?;
@@ -326,7 +327,7 @@ impl PreparedFork {
                     log_directory: session.show("log_directory")?,
                 };
                 connect_host = first_socket_dir(&session.show("unix_socket_directories")?);
-                timings.finish_ms = ms(step.elapsed());
+                timings.finish_ms = ms_since(step);
                 start_lsn = Some(start);
                 stop_lsn = Some(stop);
                 crash_recovery = false;
@@ -338,7 +339,7 @@ impl PreparedFork {
                 copy_begin(progress, tree.allocated_bytes());
                 files = tree.execute(self.method, false, progress)?;
                 progress.end();
-                timings.copy_ms = ms(step.elapsed());
+                timings.copy_ms = ms_since(step);
                 let step = Instant::now();
                 let bins = self.bins.as_ref().expect("cold forks locate binaries in prepare");
                 settings = SourceSettings {
@@ -346,7 +347,7 @@ impl PreparedFork {
                     log_directory: bins.config_value(staging.data(), "log_directory")?,
                 };
                 connect_host = first_socket_dir(&bins.config_value(staging.data(), "unix_socket_directories")?);
-                timings.finish_ms = ms(step.elapsed());
+                timings.finish_ms = ms_since(step);
                 start_lsn = None;
                 stop_lsn = None;
                 crash_recovery = !control.state.is_clean_shutdown();
@@ -366,7 +367,7 @@ impl PreparedFork {
             }
         }
         staging.commit()?;
-        timings.finish_ms += ms(step.elapsed());
+        timings.finish_ms += ms_since(step);
 
         let mut started = false;
         if self.opts.start {
@@ -374,10 +375,10 @@ impl PreparedFork {
             let bins = self.bins.as_ref().expect("--start locates binaries in prepare");
             let user = self.opts.user.as_deref().unwrap_or(&self.identity.name);
             start_fork(bins, &dst, self.opts.dst_port, connect_host.as_deref(), user)?;
-            timings.start_ms = ms(step.elapsed());
+            timings.start_ms = ms_since(step);
             started = true;
         }
-        timings.total_ms = ms(started_at.elapsed());
+        timings.total_ms = ms_since(started_at);
         Ok(ForkReport {
             plan,
             cluster_name,
@@ -416,8 +417,4 @@ fn first_socket_dir(setting: &str) -> Option<String> {
 
 fn existing_ancestor(path: &Path) -> PathBuf {
     path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/")).to_path_buf()
-}
-
-fn ms(duration: Duration) -> f64 {
-    (duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use crate::cow::TreePlan;
 use crate::error::{Error, IoContext, Result};
 use crate::pg::datadir::DataDir;
-use crate::pg::lsn::{Lsn, WalSegment, is_history_file};
-use crate::pg::wal::backup_segments;
+use crate::pg::lsn::{Lsn, WalSegment, is_history_file, is_segment_name};
+use crate::pg::wal::{backup_segments, segment_size_in};
 
 use crate::pg::backup_label::BackupLabel;
 
@@ -46,17 +46,13 @@ pub fn add_backup_wal(
 pub fn add_checkpoint_wal(plan: &mut TreePlan, src: &DataDir, dst_data: &Path, redo: Lsn) -> Result<u64> {
     let wal_dir = src.path().join("pg_wal");
     let mut segments = Vec::new();
-    let mut segment_size = None;
     for entry in std::fs::read_dir(&wal_dir).at("read directory", &wal_dir)? {
-        let entry = entry.at("read directory", &wal_dir)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let path = entry.path();
-            let len = std::fs::metadata(&path).at("stat", &path)?.len();
-            segment_size.get_or_insert(len);
+        let name = entry.at("read directory", &wal_dir)?.file_name().to_string_lossy().into_owned();
+        if is_segment_name(&name) {
             segments.push(name);
         }
     }
+    let segment_size = segment_size_in(&wal_dir);
     let Some(segment_size) = segment_size.filter(|s| s.is_power_of_two() && *s >= 1024 * 1024) else {
         return Err(Error::invalid(wal_dir.display().to_string(), "no WAL segment found"));
     };

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::ops::verify::server::{Interrupt, Server};
 use crate::pg::session::Session;
+use crate::util::ms_since;
 
 /// How one check went.
 #[derive(Debug, Clone, Serialize)]
@@ -68,7 +69,7 @@ pub fn amcheck(server: &Server, interrupt: &Interrupt<'_>) -> Result<CheckOutcom
     Ok(CheckOutcome {
         name: "amcheck".into(),
         passed: output.status.success(),
-        ms: ms(started),
+        ms: ms_since(started),
         detail: summarize(&text, output.status.success()),
     })
 }
@@ -92,7 +93,7 @@ pub fn sql_file(server: &Server, name: &Path, file: &Path, interrupt: &Interrupt
     Ok(CheckOutcome {
         name: format!("sql {}", name.display()),
         passed: output.status.success(),
-        ms: ms(started),
+        ms: ms_since(started),
         detail: summarize(&text, output.status.success()),
     })
 }
@@ -102,9 +103,4 @@ fn summarize(text: &str, passed: bool) -> String {
     let keep = if passed { 10 } else { 60 };
     let from = lines.len().saturating_sub(keep);
     lines[from..].join("\n")
-}
-
-/// Milliseconds since `started`, to a tenth.
-pub fn ms(started: Instant) -> f64 {
-    (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
 }

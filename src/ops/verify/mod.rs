@@ -26,13 +26,14 @@ use crate::mount::content::ReadFailure;
 use crate::mount::fs::Owner;
 use crate::mount::{DEFAULT_CACHE, DataDirRequest, Scope, default_owner, prepare, session};
 use crate::ops::recovery::{RecoveryRequest, Target, TargetAction, TargetTimeline};
-use crate::ops::verify::checks::{CheckOutcome, ms};
+use crate::ops::verify::checks::CheckOutcome;
 use crate::ops::verify::server::{Interrupt, Reached, Server};
 use crate::ops::verify::stage::Stage;
 use crate::pg::bins::PgBin;
 use crate::pg::session::ConnTarget;
 use crate::repo::label::SetLabel;
 use crate::repo::verification::VerificationRecord;
+use crate::util::{Laps, ms_since};
 
 /// A verification request.
 #[derive(Debug, Clone, Default)]
@@ -151,12 +152,7 @@ pub fn verify(
     let work = opts.work.clone().unwrap_or_else(|| stage::default_work_dir(&resolved.name, std::process::id()));
     let mut stage = Stage::create(&work, owner)?;
     let port = free_port()?;
-    let mut steps = Vec::new();
-    let mut step = Instant::now();
-    let mut lap = |name: &str, step: &mut Instant| {
-        steps.push(Step { name: name.to_string(), ms: ms(*step) });
-        *step = Instant::now();
-    };
+    let mut laps = Laps::start();
 
     let scope = Scope::DataDir(Box::new(DataDirRequest {
         resolved: resolved.clone(),
@@ -172,12 +168,12 @@ pub fn verify(
     stage.hold_lease(prepared.lease);
     if opts.overlay {
         stage.hold_mount(session::mount(prepared.fs, &stage.lower())?);
-        lap("mount", &mut step);
+        laps.lap("mount");
         stage.mount_overlay()?;
-        lap("overlay", &mut step);
+        laps.lap("overlay");
     } else {
         stage.hold_mount(session::mount(prepared.fs.writable(&stage.scratch()), &stage.data())?);
-        lap("mount", &mut step);
+        laps.lap("mount");
     }
     let bindir = opts.bindir.as_deref().or(resolved.stanza.bindir.as_deref());
     let bin = PgBin::locate(manifest.pg_version, bindir, Some(&resolved.stanza.data))?;
@@ -198,12 +194,12 @@ pub fn verify(
     match server.start(&interrupt) {
         Err(e) => failure = Some(format!("the server did not start on the mounted set: {e}")),
         Ok(()) => {
-            lap("start", &mut step);
+            laps.lap("start");
             say(&format!("recovering to the target: {}", describe_target(&request.target)));
             match server.wait_for_target(&interrupt) {
                 Err(e) => failure = Some(format!("recovery did not reach the target: {e}")),
                 Ok(at) => {
-                    lap("recovery", &mut step);
+                    laps.lap("recovery");
                     reached = Some(at);
                 }
             }
@@ -243,8 +239,8 @@ pub fn verify(
         checks,
         read_failures,
         local_disk_bytes: stage.local_disk_bytes(),
-        steps,
-        duration_ms: ms(started),
+        steps: laps.timings.into_iter().map(|(name, ms)| Step { name: name.into(), ms }).collect(),
+        duration_ms: ms_since(started),
         kept: None,
     };
     let record = VerificationRecord {
@@ -266,10 +262,11 @@ pub fn verify(
         report.kept = None;
     }
     say("stopping the server and unmounting");
-    let teardown = Instant::now();
+    let mut laps = Laps::start();
     let problems = stage.teardown();
-    report.steps.push(Step { name: "teardown".into(), ms: ms(teardown) });
-    report.duration_ms = ms(started);
+    laps.lap("teardown");
+    report.steps.extend(laps.timings.into_iter().map(|(name, ms)| Step { name: name.into(), ms }));
+    report.duration_ms = ms_since(started);
     if !problems.is_empty() {
         return Err(Error::invalid(
             format!("verify teardown in {}", work.display()),
