@@ -108,7 +108,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
 /// server of `data` stopped — then reports where it is.
 pub fn wait_for_target(target: &ConnTarget, data: &Path, action: TargetAction) -> Result<Reached> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    let stopped = || PostmasterPid::read(data).ok().flatten().is_none_or(|p| !p.is_alive());
+    let stopped = || PostmasterPid::running(data).is_none();
     // A server told to shut down at the target stops talking; its shutdown checkpoint says where.
     let shut_down = |error: Error| -> Result<Reached> {
         if action != TargetAction::Shutdown {

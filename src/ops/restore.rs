@@ -248,7 +248,7 @@ pub fn restored_settings(label: &SetLabel, plan: Option<&RecoveryPlan>) -> (Stri
 
 /// Refuses a directory a running server owns, and a non-empty one without delta.
 fn check_target(dir: &Path, delta: bool) -> Result<()> {
-    if let Some(pid) = PostmasterPid::read(dir).ok().flatten().filter(PostmasterPid::is_alive) {
+    if let Some(pid) = PostmasterPid::running(dir) {
         return Err(Error::refused(
             format!("{} belongs to a running server (pid {}, port {})", dir.display(), pid.pid, pid.port),
             Some("stop it before restoring into it".into()),

@@ -229,6 +229,12 @@ pub struct PostmasterPid {
 }
 
 impl PostmasterPid {
+    /// The live server of `dir`, if one runs: its postmaster.pid, when readable and its process is
+    /// a live PostgreSQL.
+    pub fn running(dir: &Path) -> Option<PostmasterPid> {
+        PostmasterPid::read(dir).ok().flatten().filter(PostmasterPid::is_alive)
+    }
+
     /// Reads `<dir>/postmaster.pid`; `None` when absent.
     pub fn read(dir: &Path) -> Result<Option<PostmasterPid>> {
         let path = dir.join("postmaster.pid");

@@ -55,13 +55,19 @@ pub struct Extent {
 impl Extent {
     /// Whether `next` continues this extent (same run, contiguous, or both zero) so they can merge.
     pub fn continued_by(&self, next: &Extent) -> bool {
-        if self.offset + self.len != next.offset {
+        self.continues_at(next.offset, next.run.as_ref().map(|r| (r, r.skip)))
+    }
+
+    /// Whether bytes at `offset` that are `run`'s plaintext from `skip` on (zeros for `None`)
+    /// continue this extent.
+    pub fn continues_at(&self, offset: u64, run: Option<(&RunRef, u32)>) -> bool {
+        if self.offset + self.len != offset {
             return false;
         }
-        match (&self.run, &next.run) {
+        match (&self.run, run) {
             (None, None) => true,
-            (Some(a), Some(b)) => {
-                a.set == b.set && a.pack == b.pack && a.at == b.at && u64::from(a.skip) + self.len == u64::from(b.skip)
+            (Some(a), Some((b, skip))) => {
+                a.set == b.set && a.pack == b.pack && a.at == b.at && u64::from(a.skip) + self.len == u64::from(skip)
             }
             _ => false,
         }

@@ -188,7 +188,7 @@ fn scan_slice(req: &ScanRequest<'_>, size: u64, (start, end): (u64, u64), sink: 
             };
             // A page kept from the prior set needs the prior extent holding it; look it up only then.
             match (!take).then(|| req.prior.and_then(|p| p.extent_at(offset))).flatten() {
-                Some(prior) => out.extents.push(slice_of(prior, offset, data.len() as u64)),
+                Some(prior) => push_from_prior(&mut out.extents, prior, offset, data.len() as u64),
                 None => {
                     let reread;
                     let mut bytes = data;
@@ -257,6 +257,22 @@ fn push(extents: &mut Vec<Extent>, next: Extent) {
     }
 }
 
+/// Appends the part `[offset, offset + len)` of a prior extent covering it, growing the last
+/// extent when it continues the same prior run: an unchanged page costs no copy of the run
+/// reference. (Extents without a run are left alone here: a page waiting to be stored has none
+/// yet, and zeros must not merge into it.)
+fn push_from_prior(extents: &mut Vec<Extent>, prior: &Extent, offset: u64, len: u64) {
+    let delta = offset - prior.offset;
+    if let Some(run) = &prior.run
+        && let Some(last) = extents.last_mut()
+        && last.continues_at(offset, Some((run, run.skip + delta as u32)))
+    {
+        last.len += len.min(prior.len - delta);
+        return;
+    }
+    extents.push(slice_of(prior, offset, len));
+}
+
 /// The part `[offset, offset + len)` of a prior extent covering it.
 fn slice_of(prior: &Extent, offset: u64, len: u64) -> Extent {
     let delta = offset - prior.offset;
@@ -271,6 +287,35 @@ fn slice_of(prior: &Extent, offset: u64, len: u64) -> Extent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unchanged_pages_grow_the_prior_extent_but_never_a_page_waiting_to_be_stored() {
+        let run = RunRef {
+            set: "20250101-000000F".parse().unwrap(),
+            pack: 1,
+            at: 0,
+            stored: 10,
+            run_len: 16 * 8192,
+            run_sum: 1,
+            skip: 0,
+        };
+        let prior = Extent { offset: 0, len: 16 * 8192, run: Some(run) };
+        let mut extents = Vec::new();
+        push_from_prior(&mut extents, &prior, 0, 8192);
+        push_from_prior(&mut extents, &prior, 8192, 8192);
+        assert_eq!(extents.len(), 1);
+        assert_eq!(extents[0].len, 2 * 8192);
+        // A changed page (no run until its pack is written), then unchanged ones after it.
+        extents.push(Extent { offset: 2 * 8192, len: 8192, run: None });
+        push_from_prior(&mut extents, &prior, 3 * 8192, 8192);
+        assert_eq!(extents.len(), 3);
+        assert_eq!(extents[2].run.as_ref().unwrap().skip, 3 * 8192);
+        // Zeros in the prior set are not merged into the waiting page either.
+        push_from_prior(&mut extents, &Extent { offset: 4 * 8192, len: 8192, run: None }, 4 * 8192, 8192);
+        extents.push(Extent { offset: 5 * 8192, len: 8192, run: None });
+        push_from_prior(&mut extents, &Extent { offset: 6 * 8192, len: 8192, run: None }, 6 * 8192, 8192);
+        assert_eq!(extents.len(), 6);
+    }
 
     #[test]
     fn lsn_selection_applies_to_main_forks_only() {

@@ -131,6 +131,9 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     laps.lap("backup_start");
 
     let source = snapshot::prepare(&data, resolved.stanza.snapshot)?;
+    for link in &source.links_left_out {
+        notes.push(format!("symbolic link {link} is not backed up (a set holds files and directories only)"));
+    }
     laps.lap("snapshot");
     let sink = PackSink::new(&repo.storage, &repo.codec, &repo.name, &label);
     let total: u64 = source.files.iter().map(|f| f.size).sum();

@@ -34,6 +34,9 @@ pub struct BackupSource {
     pub tablespaces: Vec<TablespaceEntry>,
     /// mmap (snapshot) or pread (live).
     pub mode: ReadMode,
+    /// Symbolic links in the data directory other than tablespaces, as `path -> target`: a set
+    /// holds files and directories only, so these are not in the backup.
+    pub links_left_out: Vec<String>,
     snapshot: Option<PathBuf>,
 }
 
@@ -107,5 +110,7 @@ pub fn prepare(data: &DataDir, want_snapshot: bool) -> Result<BackupSource> {
         })
         .collect();
     files.sort_by(|a, b| (a.rel == "global/pg_control").cmp(&(b.rel == "global/pg_control")).then(a.rel.cmp(&b.rel)));
-    Ok(BackupSource { files, dirs, tablespaces: entries, mode, snapshot })
+    let links_left_out =
+        plan.symlinks.iter().map(|(link, target)| format!("{} -> {}", rel_of(link), target.display())).collect();
+    Ok(BackupSource { files, dirs, tablespaces: entries, mode, links_left_out, snapshot })
 }

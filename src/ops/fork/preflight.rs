@@ -35,7 +35,7 @@ pub fn check_destination(opts: &ForkOptions, src: &Path) -> Result<Destination> 
         if std::fs::symlink_metadata(&path).is_err() {
             continue;
         }
-        if let Some(pid) = PostmasterPid::read(&path).ok().flatten().filter(PostmasterPid::is_alive) {
+        if let Some(pid) = PostmasterPid::running(&path) {
             return Err(Error::refused(
                 format!(
                     "destination {} belongs to a running server (pid {}, port {})",

@@ -51,14 +51,8 @@ pub fn amcheck(server: &Server, interrupt: &Interrupt<'_>) -> Result<CheckOutcom
             missing.join(", ")
         );
     }
-    let mut command = server.command("pg_amcheck");
+    let mut command = server.client("pg_amcheck");
     command
-        .arg("-h")
-        .arg(&server.target.host)
-        .arg("-p")
-        .arg(server.target.port.to_string())
-        .arg("-U")
-        .arg(&server.target.user)
         .args(["--all", "--heapallindexed", "--no-strict-names", "--jobs"])
         .arg(std::thread::available_parallelism().map_or(2, |n| n.get()).to_string());
     if !missing.is_empty() {
@@ -77,17 +71,8 @@ pub fn amcheck(server: &Server, interrupt: &Interrupt<'_>) -> Result<CheckOutcom
 /// Runs a SQL file (a copy the server's owner can read) through psql; any error fails it.
 pub fn sql_file(server: &Server, name: &Path, file: &Path, interrupt: &Interrupt<'_>) -> Result<CheckOutcome> {
     let started = Instant::now();
-    let mut command = server.command("psql");
-    command
-        .arg("-X")
-        .args(["-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(&server.target.host)
-        .arg("-p")
-        .arg(server.target.port.to_string())
-        .arg("-U")
-        .arg(&server.target.user)
-        .args(["-d", "postgres", "-f"])
-        .arg(file);
+    let mut command = server.client("psql");
+    command.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f"]).arg(file);
     let output = interrupt.output(command, "psql")?;
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     Ok(CheckOutcome {

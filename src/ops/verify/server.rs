@@ -102,6 +102,19 @@ impl Server {
         command
     }
 
+    /// A client program run as the server's owner, connecting to the server (`-h -p -U`).
+    pub fn client(&self, program: &str) -> Command {
+        let mut command = self.command(program);
+        command
+            .arg("-h")
+            .arg(&self.target.host)
+            .arg("-p")
+            .arg(self.target.port.to_string())
+            .arg("-U")
+            .arg(&self.target.user);
+        command
+    }
+
     /// Starts the server and waits until it accepts connections (hot standby: recovery reached a
     /// consistent state).
     pub fn start(&self, interrupt: &Interrupt<'_>) -> Result<()> {
@@ -160,7 +173,7 @@ impl Server {
 
     /// Whether the postmaster is running.
     pub fn is_alive(&self) -> bool {
-        PostmasterPid::read(&self.data).ok().flatten().is_some_and(|p| p.is_alive())
+        PostmasterPid::running(&self.data).is_some()
     }
 
     /// Stops the server at once (nothing it holds is kept); kills it if pg_ctl cannot.
@@ -175,7 +188,7 @@ impl Server {
         if output.status.success() {
             return Ok(());
         }
-        if let Some(pid) = PostmasterPid::read(&self.data).ok().flatten().filter(PostmasterPid::is_alive) {
+        if let Some(pid) = PostmasterPid::running(&self.data) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.pid), Signal::SIGKILL);
             std::thread::sleep(Duration::from_millis(500));
         }
