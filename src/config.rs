@@ -72,6 +72,16 @@ pub enum CipherKind {
     Aes256Gcm,
 }
 
+impl CipherKind {
+    /// The name the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherKind::None => "none",
+            CipherKind::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+}
+
 /// One repository.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +225,12 @@ impl Config {
 }
 
 impl RepoConfig {
+    /// What opening a stanza of this repository needs: the configured cipher and, when encrypted,
+    /// the passphrase.
+    pub fn access(&self) -> Result<crate::repo::handle::Access> {
+        Ok(crate::repo::handle::Access { cipher: self.cipher, passphrase: self.passphrase()? })
+    }
+
     /// The passphrase for an encrypted repository: from `passphrase_file` (which must not be
     /// readable by group or others) or `PGFORK_PASSPHRASE`; `None` for an unencrypted one.
     pub fn passphrase(&self) -> Result<Option<Passphrase>> {

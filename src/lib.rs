@@ -13,6 +13,7 @@ pub mod pg;
 pub mod progress;
 pub mod repo;
 pub mod scan;
+pub mod stanza;
 pub mod util;
 
 pub use error::{Error, Result};

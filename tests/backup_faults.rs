@@ -14,6 +14,10 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn set_dir(repo: &RepoSetup, label: &str) -> PathBuf {
     repo.repo_path().join("main/backup").join(label)
 }
@@ -99,9 +103,17 @@ fn truncated_and_missing_manifests() {
     let manifest = set_dir(&repo, &second).join("manifest");
     let bytes = std::fs::read(&manifest).unwrap();
     std::fs::write(&manifest, &bytes[..bytes.len() / 2]).unwrap();
-    let info: serde_json::Value = repo.info();
+    // Regression: info exited 0 with status "error", and listed the incremental built on the
+    // damaged set as a normal set.
+    let out = repo.run(&["info", "--output", "json"]);
+    assert!(!out.status.success(), "info must fail when a set is unreadable");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(info["status"].as_str().unwrap().starts_with("error"), "{info}");
     assert!(info["errors"][0].as_str().unwrap().contains(&second), "{info}");
+    let dependent = info["sets"].as_array().unwrap().iter().find(|s| s["label"] == third.as_str()).unwrap();
+    assert_eq!(dependent["depends_on_damaged"], second.as_str(), "{info}");
+    let text = stdout_of(&repo.run(&["info"]));
+    assert!(text.contains(&format!("UNUSABLE: depends on {second}")), "{text}");
     let out = repo.run(&["restore", "--set", &second, "--data", "/tmp/pgfork-never"]);
     assert!(stderr_of(&out).contains(&format!("manifest of backup {second}")), "{}", stderr_of(&out));
     // Retention goes on around a damaged set and keeps it.
@@ -111,9 +123,9 @@ fn truncated_and_missing_manifests() {
 
     // A set whose manifest is missing does not exist: absent from info, removed by the next backup.
     std::fs::remove_file(set_dir(&repo, &third).join("manifest")).unwrap();
+    std::fs::write(&manifest, &bytes).unwrap();
     let info: serde_json::Value = repo.info();
     assert!(!info.to_string().contains(&third));
-    std::fs::write(&manifest, &bytes).unwrap();
     let next = repo.backup("incr");
     assert!(next["cleaned"].to_string().contains(&third), "{next}");
     // (Within the same second the new set may take the freed label; then the directory is its own.)

@@ -296,10 +296,7 @@ fn faults_under_a_mount() {
 
     // A corrupt run: reads of that file fail with EIO, the rest of the set reads.
     let accounts = cluster.relation_path("postgres", "pgbench_accounts");
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo.repo_path().join(format!("main/backup/{second}/manifest"))).unwrap(),
-    )
-    .unwrap();
+    let manifest = plain_manifest(&repo.repo_path().join(format!("main/backup/{second}/manifest")));
     let entry = manifest["files"].as_array().unwrap().iter().find(|f| f["path"] == accounts.as_str()).unwrap();
     let run = &entry["extents"].as_array().unwrap().iter().find(|e| e["run"].is_object()).unwrap()["run"];
     let pack = repo.repo_path().join(format!("main/backup/{second}/pack/{:06}", run["pack"].as_u64().unwrap()));

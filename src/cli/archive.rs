@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::cli::repo_args::RepoArgs;
-use crate::ops::archive::{archive_get, archive_push, prefetch};
+use crate::cli::{EXIT_ABORT_RECOVERY, Exit};
+use crate::ops::archive::{Fetched, archive_get, archive_push, prefetch};
 
 /// Arguments of `archive-push`.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,16 +55,23 @@ pub struct GetArgs {
 }
 
 impl GetArgs {
-    /// Fetches the file; a missing file is exit code 1 (PostgreSQL expects that).
+    /// Fetches the file. A file the archive does not have is exit code 1, which PostgreSQL reads
+    /// as "not archived"; any other failure (a damaged or unreadable file, a wrong passphrase, an
+    /// unreachable repository) is [`EXIT_ABORT_RECOVERY`], which makes PostgreSQL abort recovery
+    /// rather than end it early and promote without the rest of the WAL.
     pub fn run(self) -> anyhow::Result<()> {
-        let resolved = self.repo.resolve()?;
+        let abort = |error: anyhow::Error| Exit { code: EXIT_ABORT_RECOVERY, error };
+        let resolved = self.repo.resolve().map_err(abort)?;
         if let (Some(after), Some(spool)) = (&self.prefetch_after, &self.spool) {
             return Ok(prefetch(&resolved, after, spool)?);
         }
-        let (name, dest) = (self.name.expect("required"), self.dest.expect("required"));
-        let found =
-            archive_get(&resolved, &name, &dest, !self.no_prefetch).with_context(|| format!("archive-get {name}"))?;
-        anyhow::ensure!(found, "{name} is not in the archive");
+        let (Some(name), Some(dest)) = (self.name, self.dest) else {
+            anyhow::bail!("archive-get needs the file name (%f) and the destination (%p)");
+        };
+        let fetched = archive_get(&resolved, &name, &dest, !self.no_prefetch)
+            .with_context(|| format!("archive-get {name}"))
+            .map_err(abort)?;
+        anyhow::ensure!(fetched == Fetched::Found, "{name} is not in the archive");
         Ok(())
     }
 }

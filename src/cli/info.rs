@@ -28,12 +28,16 @@ impl InfoArgs {
         let resolved = self.repo.resolve()?;
         let report = info(&resolved, self.set.as_ref()).with_context(|| format!("info of stanza {}", resolved.name))?;
         match self.output {
-            Output::Json => super::print_json(&report),
-            Output::Text => {
-                print!("{}", render(&report));
-                Ok(())
-            }
+            Output::Json => super::print_json(&report)?,
+            Output::Text => print!("{}", render(&report)),
         }
+        anyhow::ensure!(
+            report.healthy,
+            "stanza {} has unreadable objects: {}",
+            report.stanza,
+            report.errors.join("; ")
+        );
+        Ok(())
     }
 }
 
@@ -79,6 +83,9 @@ pub fn render(r: &InfoReport) -> String {
                 "              bad page: {} block {} (stored {}, computed {})\n",
                 bad.path, bad.block, bad.stored, bad.computed
             ));
+        }
+        if let Some(damaged) = &s.depends_on_damaged {
+            out.push_str(&format!("            UNUSABLE: depends on {damaged}, whose manifest cannot be read\n"));
         }
         out.push_str(&render_verification(s.verification.as_ref()));
     }

@@ -112,6 +112,28 @@ pub fn main() -> i32 {
     exit_code(result)
 }
 
+/// The exit status of an archive-get that could not deliver a file intact: above 125, which
+/// PostgreSQL treats like a signal and aborts recovery on (a status of 1 would mean "not archived"
+/// and end recovery early).
+pub const EXIT_ABORT_RECOVERY: i32 = 126;
+
+/// An error with the exit status it must end the program with.
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit status.
+    pub code: i32,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 fn exit_code(result: anyhow::Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
@@ -127,6 +149,9 @@ fn exit_code(result: anyhow::Result<()>) -> i32 {
                 }
             }
             eprintln!("pgfork: {text}");
+            if let Some(exit) = err.downcast_ref::<Exit>() {
+                return exit.code;
+            }
             err.downcast_ref::<crate::Error>().map(crate::Error::exit_code).unwrap_or(1)
         }
     }

@@ -7,9 +7,9 @@ use anyhow::Context;
 
 use crate::cli::progress::TerminalProgress;
 use crate::cli::repo_args::RepoArgs;
-use crate::ops::recovery::{RecoveryRequest, Target, TargetAction, TargetTimeline, parse_time};
 use crate::ops::restore::{RestoreOptions, RestoreReport, restore};
 use crate::repo::label::SetLabel;
+use crate::stanza::recovery::{RecoveryRequest, Target, TargetAction, TargetTimeline, parse_time};
 use crate::util::human_bytes;
 
 /// Kinds of recovery target.

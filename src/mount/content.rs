@@ -11,11 +11,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::mount::tree::Content;
-use crate::ops::stanza_repo::StanzaRepo;
-use crate::repo::archive::Archive;
 use crate::repo::label::SetLabel;
 use crate::repo::manifest::{Manifest, RunRef};
-use crate::repo::read::RunReader;
+use crate::stanza::Stanza;
 
 /// PostgreSQL's default WAL segment size, for a stanza without a set to tell.
 pub const DEFAULT_SEGMENT: u64 = 16 << 20;
@@ -68,7 +66,7 @@ impl Cache {
 
 /// Reads file contents for the mount; shared by all FUSE threads.
 pub struct ContentReader {
-    stanzas: Vec<StanzaRepo>,
+    stanzas: Vec<Stanza>,
     cache: Mutex<Cache>,
     loaded: Condvar,
     segment_sizes: Vec<OnceLock<u64>>,
@@ -81,7 +79,7 @@ pub struct ContentReader {
 
 impl ContentReader {
     /// A reader over `stanzas` with a cache of `cache_bytes`.
-    pub fn new(stanzas: Vec<StanzaRepo>, cache_bytes: usize) -> Result<ContentReader> {
+    pub fn new(stanzas: Vec<Stanza>, cache_bytes: usize) -> Result<ContentReader> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .thread_name(|i| format!("pgfork-readahead-{i}"))
@@ -105,7 +103,7 @@ impl ContentReader {
     }
 
     /// The stanzas served.
-    pub fn stanzas(&self) -> &[StanzaRepo] {
+    pub fn stanzas(&self) -> &[Stanza] {
         &self.stanzas
     }
 
@@ -131,7 +129,7 @@ impl ContentReader {
                 let key = Key::SetWal { stanza: *stanza, set: set.clone(), name: entry.name.clone() };
                 let bytes = self.cached(key, || {
                     let repo = &self.stanzas[*stanza];
-                    RunReader::new(&repo.storage, &repo.codec, &repo.name).read_wal(set, entry)
+                    repo.runs().read_wal(set, entry)
                 })?;
                 Ok(slice(&bytes, offset, size).to_vec())
             }
@@ -147,8 +145,8 @@ impl ContentReader {
     pub fn archived(&self, stanza: usize, name: &str) -> Result<Arc<Vec<u8>>> {
         self.cached(Key::Archived { stanza, name: name.to_string() }, || {
             let repo = &self.stanzas[stanza];
-            Archive::new(&repo.storage, &repo.codec, &repo.name).get(name)?.ok_or_else(|| {
-                Error::invalid(format!("stanza {}, archived WAL {name}", repo.name), "no longer in the archive")
+            repo.archive().get(name)?.ok_or_else(|| {
+                Error::invalid(format!("stanza {}, archived WAL {name}", repo.name()), "no longer in the archive")
             })
         })
     }
@@ -161,7 +159,7 @@ impl ContentReader {
         }
         let repo = &self.stanzas[stanza];
         let newest = match repo.labels()?.pop() {
-            Some(label) => Manifest::load(&repo.storage, &repo.codec, &repo.name, &label)?,
+            Some(label) => repo.load_manifest(&label)?,
             None => None,
         };
         let size = newest.and_then(|m| m.segment_size()).unwrap_or(DEFAULT_SEGMENT);
@@ -242,7 +240,7 @@ impl ContentReader {
     fn run(&self, stanza: usize, run: &RunRef, path: &str) -> Result<Arc<Vec<u8>>> {
         self.cached(run_key(stanza, run), || {
             let repo = &self.stanzas[stanza];
-            RunReader::new(&repo.storage, &repo.codec, &repo.name).read(run, path)
+            repo.runs().read(run, path)
         })
     }
 

@@ -26,11 +26,11 @@ use crate::mount::fs::{MountFs, Owner};
 use crate::mount::session::Mounted;
 use crate::mount::tree::{Fill, Node, ROOT, Tree};
 use crate::mount::view::DataDirView;
-use crate::ops::recovery::{RecoveryPlan, RecoveryRequest, set_and_plan};
-use crate::ops::stanza_repo::StanzaRepo;
 use crate::repo::label::SetLabel;
 use crate::repo::lease::SetLease;
 use crate::repo::manifest::Manifest;
+use crate::stanza::Stanza;
+use crate::stanza::recovery::{RecoveryPlan, RecoveryRequest, set_and_plan};
 use crate::util::ms_since;
 
 /// Decoded runs kept in memory by default.
@@ -80,12 +80,12 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
     let now = SystemTime::now();
     match scope {
         Scope::Repository(stanzas) => {
-            let repos = stanzas.iter().map(StanzaRepo::open).collect::<Result<Vec<_>>>()?;
+            let repos = stanzas.iter().map(Stanza::open).collect::<Result<Vec<_>>>()?;
             let owner = match owner {
                 Some(owner) => owner,
                 None => default_owner(&stanzas.first().map(|s| s.repo.path.clone()).unwrap_or_default())?,
             };
-            let names: Vec<String> = repos.iter().map(|r| r.name.clone()).collect();
+            let names: Vec<String> = repos.iter().map(|r| r.name().to_string()).collect();
             let reader = Arc::new(ContentReader::new(repos, cache_bytes)?);
             let mut tree = Tree::new(Node::dir(ROOT, 0o755, now, Fill::Done));
             for (i, name) in names.iter().enumerate() {
@@ -100,17 +100,11 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
                 Some(owner) => owner,
                 None => default_owner(&request.resolved.repo.path)?,
             };
-            let repo = StanzaRepo::open(&request.resolved)?;
+            let repo = Stanza::open(&request.resolved)?;
             let reader = Arc::new(ContentReader::new(vec![repo], cache_bytes)?);
             let repo = &reader.stanzas()[0];
-            let (manifest, plan) = set_and_plan(
-                repo,
-                request.resolved.config_path.as_deref(),
-                request.set.as_ref(),
-                request.recovery.as_ref(),
-            )?;
-            let lease =
-                SetLease::take(&request.resolved.repo.path, &repo.name, &request.command, manifest.sets_needed())?;
+            let (manifest, plan) = set_and_plan(repo, request.set.as_ref(), request.recovery.as_ref())?;
+            let lease = repo.lease(&request.command, manifest.sets_needed())?;
             let manifest = Arc::new(manifest);
             let mut view = DataDirView::new(&reader, 0, Arc::clone(&manifest), plan.as_ref())?;
             // A server booted on the mount must not open every file at startup to sync it (an

@@ -9,13 +9,12 @@ use std::time::{Instant, SystemTime};
 use crate::error::{Error, Result};
 use crate::mount::content::{ContentReader, DEFAULT_SEGMENT};
 use crate::mount::tree::{Content, Fill, Ino, Kind, Node, Tree};
-use crate::ops::recovery::RecoveryPlan;
-use crate::ops::restore::restored_settings;
 use crate::pg::conf::rewrite;
 use crate::pg::lsn::{TimelineId, WalSegment};
-use crate::repo::archive::{Archive, WalFileKind, classify};
+use crate::repo::archive::WalFileKind;
 use crate::repo::label::SetLabel;
 use crate::repo::manifest::Manifest;
+use crate::stanza::recovery::{RecoveryPlan, restored_settings};
 
 /// Name of the directory holding a stanza's archive, beside its sets.
 pub const ARCHIVE_DIR: &str = "archive";
@@ -114,11 +113,11 @@ pub fn load(reader: &Arc<ContentReader>, fill: &Fill, known: &dyn Fn(&str) -> bo
         Fill::Done => Ok(Loaded::Gone),
         Fill::Stanza(s) => {
             let repo = &reader.stanzas()[*s];
-            Ok(Loaded::Stanza(Manifest::list_committed(&repo.storage, &repo.name)?))
+            Ok(Loaded::Stanza(repo.labels()?))
         }
         Fill::Set(s, label) => {
             let repo = &reader.stanzas()[*s];
-            match Manifest::load(&repo.storage, &repo.codec, &repo.name, label)? {
+            match repo.load_manifest(label)? {
                 Some(manifest) => {
                     let view = DataDirView::new(reader, *s, Arc::new(manifest), None)?;
                     let auto_conf = auto_conf(reader, &view)?;
@@ -129,21 +128,21 @@ pub fn load(reader: &Arc<ContentReader>, fill: &Fill, known: &dyn Fn(&str) -> bo
         }
         Fill::Archive(s) => {
             let repo = &reader.stanzas()[*s];
-            let list = Archive::new(&repo.storage, &repo.codec, &repo.name).list()?;
+            let list = repo.archive().list()?;
             Ok(Loaded::Archive(list.keys().map(|t| t.0).collect()))
         }
         Fill::Timeline(s, tli) => {
             let repo = &reader.stanzas()[*s];
-            let names = Archive::new(&repo.storage, &repo.codec, &repo.name).list_timeline(TimelineId(*tli))?;
+            let listed = repo.archive().list_timeline(TimelineId(*tli))?;
             let mut files = Vec::new();
-            for name in names {
+            for file in listed {
                 // Archived files never change: an entry already shown keeps its size.
-                let bytes = match classify(&name) {
-                    _ if known(&name) => 0,
-                    Some((WalFileKind::Segment | WalFileKind::Partial, _)) => reader.segment_size(*s)?,
-                    _ => reader.archived(*s, &name)?.len() as u64,
+                let bytes = match file.kind {
+                    _ if known(&file.name) => 0,
+                    WalFileKind::Segment | WalFileKind::Partial => reader.segment_size(*s)?,
+                    _ => reader.archived(*s, &file.name)?.len() as u64,
                 };
-                files.push((name, bytes));
+                files.push((file.name, bytes));
             }
             Ok(Loaded::Timeline(files))
         }

@@ -2,9 +2,9 @@
 //!
 //! archive-push exits 0 only once the file is durable in the repository, accepts a second push of
 //! identical content, refuses different content and segments of another cluster. archive-get
-//! exits non-zero when a file is absent (PostgreSQL asks for files that do not exist) and fetches
-//! the next segments in a background process into a spool directory beside pg_wal, so replay does
-//! not wait on the repository one file at a time.
+//! tells a file that is absent (PostgreSQL asks for files that do not exist) from one it cannot
+//! deliver intact, and fetches the next segments in a background process into a spool directory
+//! beside pg_wal, so replay does not wait on the repository one file at a time.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -14,14 +14,18 @@ use std::process::{Command, Stdio};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use crate::config::Resolved;
 use crate::error::{Error, IoContext, Result};
 use crate::ops::identity::become_owner_of;
-use crate::ops::stanza_repo::StanzaRepo;
 use crate::pg::lsn::WalSegment;
 use crate::pg::wal_header::SegmentHeader;
-use crate::repo::archive::{Archive, PushOutcome, WalFileKind, classify};
+use crate::repo::archive::{PushOutcome, WalFileKind, classify};
+use crate::repo::keys::Layout;
+use crate::repo::stanza::StanzaRecord;
+use crate::stanza::{Stanza, storage_of};
+use crate::util::fsx;
 
 /// Segments fetched ahead of the one PostgreSQL asked for.
 pub const PREFETCH: u64 = 8;
@@ -48,56 +52,73 @@ pub fn archive_push(resolved: &Resolved, path: &Path) -> Result<PushReport> {
         .ok_or_else(|| Error::invalid(path.display().to_string(), "no file name"))?;
     let (kind, _) = classify(&name)
         .ok_or_else(|| Error::refused(format!("{name} is not a WAL segment, history, partial or backup file"), None))?;
-    let repo = StanzaRepo::open(resolved)?;
+    let stanza = Stanza::open(resolved)?;
     let bytes = std::fs::read(path).at("read", path)?;
     if matches!(kind, WalFileKind::Segment | WalFileKind::Partial) {
-        let header = SegmentHeader::parse(&bytes)
-            .ok_or_else(|| Error::refused(format!("{name} does not start with a WAL segment header"), None))?;
-        if header.system_identifier != repo.record.current.system_identifier {
-            return Err(Error::refused(
-                format!(
-                    "WAL segment {name} was written by system identifier {}, but stanza {} belongs to {}: is this the correct stanza?",
-                    header.system_identifier, repo.name, repo.record.current.system_identifier
-                ),
-                Some("point this server's archive_command at its own stanza".into()),
-            ));
-        }
+        check_segment_cluster(&name, &bytes, stanza.record())?;
     }
-    let outcome = Archive::new(&repo.storage, &repo.codec, &repo.name).push(&name, &bytes)?;
+    let outcome = stanza.archive().push(&name, &bytes)?;
     Ok(PushReport { name, size: bytes.len() as u64, already_archived: outcome == PushOutcome::AlreadyArchived })
 }
 
-/// Fetches `name` into `dest`; `Ok(false)` when it is not archived. Starts a prefetcher for the
-/// segments after it.
-pub fn archive_get(resolved: &Resolved, name: &str, dest: &Path, prefetch: bool) -> Result<bool> {
-    let spool = spool_dir(dest);
-    let spooled = spool.join(name);
-    if spooled.is_file() {
-        std::fs::rename(&spooled, dest).at("move into place", dest)?;
-        if prefetch {
-            start_prefetcher(resolved, name, &spool);
-        }
-        return Ok(true);
+/// Refuses a segment whose long page header names another cluster than the stanza's.
+fn check_segment_cluster(name: &str, bytes: &[u8], record: &StanzaRecord) -> Result<()> {
+    let header = SegmentHeader::parse(bytes)
+        .ok_or_else(|| Error::refused(format!("{name} does not start with a WAL segment header"), None))?;
+    if header.system_identifier != record.current.system_identifier {
+        return Err(Error::refused(
+            format!(
+                "WAL segment {name} was written by system identifier {}, but stanza {} belongs to {}: is this the correct stanza?",
+                header.system_identifier, record.name, record.current.system_identifier
+            ),
+            Some("point this server's archive_command at its own stanza".into()),
+        ));
     }
+    Ok(())
+}
+
+/// What archive-get found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// The file is in place.
+    Found,
+    /// The archive does not have it (PostgreSQL asks for files that do not exist).
+    Absent,
+}
+
+/// Fetches `name` into `dest`, from the prefetch spool when a checked copy waits there, else from
+/// the repository; starts a prefetcher for the segments after it. Every error other than absence
+/// (a damaged object, a wrong passphrase, an unreachable repository) is an `Err`, which the
+/// command line turns into an exit status that makes PostgreSQL abort recovery instead of ending
+/// it early.
+pub fn archive_get(resolved: &Resolved, name: &str, dest: &Path, prefetch: bool) -> Result<Fetched> {
     if nix::unistd::Uid::effective().is_root() {
         // The fetched file belongs to whoever owns the directory it goes to (PostgreSQL's pg_wal).
         become_owner_of(dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     }
-    let repo = StanzaRepo::open(resolved)?;
-    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
-    let Some(bytes) = archive.get(name)? else { return Ok(false) };
+    let storage = storage_of(resolved);
+    let record = StanzaRecord::require(storage.as_ref(), &Layout::new(&resolved.name))?;
+    let spool = Spool::of(dest, resolved, storage.location(), &record);
+    if spool.take(name, dest, &record)? {
+        if prefetch {
+            start_prefetcher(resolved, name, &spool.dir);
+        }
+        return Ok(Fetched::Found);
+    }
+    let stanza = Stanza::open(resolved)?;
+    let Some(bytes) = stanza.archive().get(name)? else { return Ok(Fetched::Absent) };
     write_replace(dest, &bytes)?;
     if prefetch {
-        start_prefetcher(resolved, name, &spool);
+        start_prefetcher(resolved, name, &spool.dir);
     }
-    Ok(true)
+    Ok(Fetched::Found)
 }
 
 /// The prefetcher's work: fetch up to [`PREFETCH`] segments after `after` into `spool`, skipping
 /// those already there; stop at the first one the archive lacks. One prefetcher runs per spool.
-pub fn prefetch(resolved: &Resolved, after: &str, spool: &Path) -> Result<()> {
-    std::fs::create_dir_all(spool).at("create directory", spool)?;
-    let lock_path = spool.join(".lock");
+pub fn prefetch(resolved: &Resolved, after: &str, spool_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(spool_dir).at("create directory", spool_dir)?;
+    let lock_path = spool_dir.join(".lock");
     let lock_file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -107,28 +128,84 @@ pub fn prefetch(resolved: &Resolved, after: &str, spool: &Path) -> Result<()> {
         .at("open", &lock_path)?;
     let Ok(_lock) = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) else { return Ok(()) };
     // Segment numbering does not depend on the size for the names that follow `after`.
-    let size = segment_size_of(spool).unwrap_or(16 * 1024 * 1024);
+    let size = spool_dir.parent().and_then(crate::pg::wal::segment_size_in).unwrap_or(16 * 1024 * 1024);
     let Some(first) = WalSegment::parse(after, size) else { return Ok(()) };
-    remove_stale(spool, &first, size);
-    let repo = StanzaRepo::open(resolved)?;
-    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
+    let spool = Spool { dir: spool_dir.to_path_buf() };
+    spool.remove_passed(&first, size);
+    let stanza = Stanza::open(resolved)?;
+    let archive = stanza.archive();
     for number in first.number + 1..=first.number + PREFETCH {
         let name = WalSegment { timeline: first.timeline, number }.file_name(size);
-        let target = spool.join(&name);
-        if target.exists() {
+        if spool.dir.join(&name).exists() {
             continue;
         }
         match archive.get(&name)? {
-            Some(bytes) => write_replace(&target, &bytes)?,
+            Some(bytes) => spool.put(&name, &bytes)?,
             None => break,
         }
     }
     Ok(())
 }
 
-/// Where prefetched segments wait: beside the file PostgreSQL asked for.
-pub fn spool_dir(dest: &Path) -> PathBuf {
-    dest.parent().unwrap_or(Path::new(".")).join(SPOOL)
+/// Where prefetched segments wait, beside the file PostgreSQL asked for: one directory per stanza,
+/// repository and cluster, so a file fetched for one is never served to another. Each file has a
+/// `.sum` beside it (size and xxh3-128), checked before it is served.
+struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    fn of(dest: &Path, resolved: &Resolved, location: String, record: &StanzaRecord) -> Spool {
+        let tag = format!("{}\0{location}\0{}", resolved.name, record.current.system_identifier);
+        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Spool { dir: parent.join(format!("{SPOOL}-{:016x}", xxh3_64(tag.as_bytes()))) }
+    }
+
+    /// Moves a checked spooled copy of `name` to `dest`; `Ok(false)` when none is there. A copy
+    /// that fails its check is removed and not served.
+    fn take(&self, name: &str, dest: &Path, record: &StanzaRecord) -> Result<bool> {
+        let path = self.dir.join(name);
+        let Ok(bytes) = std::fs::read(&path) else { return Ok(false) };
+        let sum_path = self.dir.join(format!("{name}.sum"));
+        let expected = std::fs::read_to_string(&sum_path).unwrap_or_default();
+        let kind = classify(name).map(|(kind, _)| kind);
+        let valid = expected.trim() == sum_line(&bytes)
+            && (kind != Some(WalFileKind::Segment) || check_segment_cluster(name, &bytes, record).is_ok());
+        if !valid {
+            tracing::warn!("discarding prefetched {} (it does not match its checksum or cluster)", path.display());
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&sum_path);
+            return Ok(false);
+        }
+        std::fs::rename(&path, dest).at("move into place", dest)?;
+        let _ = std::fs::remove_file(&sum_path);
+        Ok(true)
+    }
+
+    /// Spools `bytes` as `name`: its checksum first, then the file under its name.
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_replace(&self.dir.join(format!("{name}.sum")), sum_line(bytes).as_bytes())?;
+        write_replace(&self.dir.join(name), bytes)
+    }
+
+    /// Removes spooled segments at or before `current`, or of another timeline.
+    fn remove_passed(&self, current: &WalSegment, size: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let segment = name.strip_suffix(".sum").unwrap_or(&name);
+            if let Some(seg) = WalSegment::parse(segment, size)
+                && (seg.timeline != current.timeline || seg.number <= current.number)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// The check line of a spooled file: its size and xxh3-128.
+fn sum_line(bytes: &[u8]) -> String {
+    format!("{} {:032x}", bytes.len(), xxh3_128(bytes))
 }
 
 fn start_prefetcher(resolved: &Resolved, name: &str, spool: &Path) {
@@ -151,29 +228,9 @@ fn start_prefetcher(resolved: &Resolved, name: &str, spool: &Path) {
     let _ = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
 }
 
-fn remove_stale(spool: &Path, current: &WalSegment, size: u64) {
-    let Ok(entries) = std::fs::read_dir(spool) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(seg) = WalSegment::parse(&name, size)
-            && (seg.timeline != current.timeline || seg.number <= current.number)
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn segment_size_of(spool: &Path) -> Option<u64> {
-    crate::pg::wal::segment_size_in(spool.parent()?)
-}
-
 /// Writes `bytes` to a temporary name beside `dest` and renames it over `dest`.
 fn write_replace(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = dest.with_file_name(format!(
-        ".{}.pgfork-tmp.{}",
-        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
+    let tmp = fsx::temp_name(dest);
     let mut file =
         OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).at("create", &tmp)?;
     file.write_all(bytes).at("write", &tmp)?;

@@ -8,11 +8,9 @@ use serde::Serialize;
 use crate::config::Resolved;
 use crate::error::Result;
 use crate::ops::identity::become_owner_of;
-use crate::ops::stanza_repo::{StanzaRepo, check_server, server_target};
 use crate::pg::datadir::DataDir;
 use crate::pg::session::Session;
-use crate::repo::archive::Archive;
-use crate::repo::storage::Storage;
+use crate::stanza::{Stanza, check_server, server_target};
 use crate::util::ms_since;
 
 /// What check found.
@@ -38,11 +36,11 @@ pub struct CheckReport {
 pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
     let data = DataDir::open(&resolved.stanza.data)?;
     let identity = become_owner_of(data.path())?;
-    let repo = StanzaRepo::open(resolved)?;
+    let repo = Stanza::open(resolved)?;
     let target = server_target(resolved, data.path(), &identity.name);
     let session = Session::connect_retry(&target, Duration::from_secs(5))?;
     let mut problems = Vec::new();
-    check_server(&session, &data, repo.record.current.system_identifier)?;
+    check_server(&session, &data, repo.record().current.system_identifier)?;
     let archive_mode = session.show("archive_mode")?;
     let archive_command = session.show("archive_command")?;
     if archive_mode == "off" {
@@ -55,13 +53,12 @@ pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
     session.query_one("SELECT pg_create_restore_point('pgfork check')::text", &[])?;
     let row = session.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])?;
     let segment: String = row.get(0);
-    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
-    let key = archive.key(&segment)?;
+    let key = repo.archive().key(&segment)?;
     let started = Instant::now();
     let mut archived_ms = None;
     if problems.is_empty() {
         while started.elapsed() < timeout {
-            if repo.storage.modified(&key)?.is_some() {
+            if repo.storage().stat(&key)?.is_some() {
                 archived_ms = Some(ms_since(started));
                 break;
             }
@@ -81,7 +78,7 @@ pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
         problems.push(format!("the archiver's last attempt failed (on {last_failed}); see the server log"));
     }
     Ok(CheckReport {
-        stanza: repo.name.clone(),
+        stanza: repo.name().to_string(),
         archive_mode,
         archive_command,
         switched_segment: segment,

@@ -9,13 +9,12 @@ use serde::Serialize;
 use crate::config::{RepoConfig, Resolved, RetentionType};
 use crate::error::{Error, Result};
 use crate::ops::identity::become_owner_of;
-use crate::ops::stanza_repo::{Readable, StanzaRepo};
 use crate::pg::lsn::WalSegment;
-use crate::repo::archive::{Archive, WalFileKind, classify};
+use crate::repo::archive::WalFileKind;
+use crate::repo::handle::Readable;
 use crate::repo::label::{BackupType, SetLabel};
-use crate::repo::lease::SetLease;
 use crate::repo::manifest::Manifest;
-use crate::repo::storage::Storage;
+use crate::stanza::Stanza;
 
 /// What expire removed (or would remove).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,16 +38,16 @@ pub struct ExpireReport {
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
 pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Result<ExpireReport> {
     become_owner_of(&resolved.repo.path)?;
-    let repo = StanzaRepo::open(resolved)?;
+    let repo = Stanza::open(resolved)?;
     let _lock = repo.lock("expire")?;
     repo.remove_uncommitted()?;
     let Some(label) = set else { return apply_retention(&repo, Utc::now(), dry_run) };
     let readable = repo.readable_manifests()?;
     if !readable.manifests.iter().any(|m| &m.label == label) {
-        return Err(Error::refused(format!("backup {label} does not exist in stanza {}", repo.name), None));
+        return Err(Error::refused(format!("backup {label} does not exist in stanza {}", repo.name()), None));
     }
     let remove = with_dependents(&readable.manifests, label);
-    let leases = SetLease::held(&repo.settings.path, &repo.name)?;
+    let leases = repo.leases()?;
     if let Some((set, lease)) =
         remove.iter().find_map(|set| leases.iter().find(|l| l.sets.contains(set)).map(|l| (set, l)))
     {
@@ -62,9 +61,9 @@ pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Res
 
 /// Applies the retention policy (the caller holds the lock): never a set that a kept set depends
 /// on, that may depend on an unreadable one, or that a mount or verify is using.
-pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>, dry_run: bool) -> Result<ExpireReport> {
+pub fn apply_retention(repo: &Stanza, now: DateTime<Utc>, dry_run: bool) -> Result<ExpireReport> {
     let readable = repo.readable_manifests()?;
-    let mut remove = retention_victims(&readable.manifests, &repo.settings, now);
+    let mut remove = retention_victims(&readable.manifests, &repo.config.repo, now);
     readable.protect(&mut remove);
     let in_use = spare_leased(repo, &mut remove)?;
     let mut report = remove_sets(repo, &readable, &remove, dry_run)?;
@@ -73,9 +72,9 @@ pub fn apply_retention(repo: &StanzaRepo, now: DateTime<Utc>, dry_run: bool) -> 
 }
 
 /// Takes the sets a mount or verify holds a lease on out of `remove`; returns them with their user.
-fn spare_leased(repo: &StanzaRepo, remove: &mut BTreeSet<SetLabel>) -> Result<Vec<String>> {
+fn spare_leased(repo: &Stanza, remove: &mut BTreeSet<SetLabel>) -> Result<Vec<String>> {
     let mut in_use = Vec::new();
-    for lease in SetLease::held(&repo.settings.path, &repo.name)? {
+    for lease in repo.leases()? {
         for set in &lease.sets {
             if remove.remove(set) {
                 in_use.push(format!("{set}: in use by {}", lease.holder()));
@@ -85,22 +84,14 @@ fn spare_leased(repo: &StanzaRepo, remove: &mut BTreeSet<SetLabel>) -> Result<Ve
     Ok(in_use)
 }
 
-fn remove_sets(
-    repo: &StanzaRepo,
-    readable: &Readable,
-    remove: &BTreeSet<SetLabel>,
-    dry_run: bool,
-) -> Result<ExpireReport> {
+fn remove_sets(repo: &Stanza, readable: &Readable, remove: &BTreeSet<SetLabel>, dry_run: bool) -> Result<ExpireReport> {
     let manifests = &readable.manifests;
     let mut report = ExpireReport { dry_run, ..Default::default() };
     for manifest in manifests {
         if remove.contains(&manifest.label) {
-            let prefix = Manifest::set_prefix(&repo.name, &manifest.label);
-            report.freed_bytes += repo.storage.size(&prefix)?;
+            report.freed_bytes += repo.storage().size(&repo.layout().set(&manifest.label))?;
             if !dry_run {
-                // The manifest goes first: from then on the set no longer exists, whatever remains.
-                repo.storage.delete(&Manifest::key(&repo.name, &manifest.label))?;
-                repo.storage.delete_prefix(&prefix)?;
+                repo.remove_set(&manifest.label)?;
             }
             report.removed.push(manifest.label.clone());
         } else {
@@ -117,20 +108,17 @@ fn remove_sets(
 }
 
 /// Removes archived WAL older than the start of the oldest kept set (history files stay).
-fn expire_wal(repo: &StanzaRepo, oldest: &Manifest, dry_run: bool) -> Result<u64> {
+fn expire_wal(repo: &Stanza, oldest: &Manifest, dry_run: bool) -> Result<u64> {
     let Some(size) = oldest.segment_size() else { return Ok(0) };
     let Some(start) = WalSegment::parse(&oldest.start_wal, size) else { return Ok(0) };
-    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
+    let archive = repo.archive();
     let mut removed = 0;
-    for names in archive.list()?.values() {
-        for name in names {
-            let Some((kind, _)) = classify(name) else { continue };
-            if kind == WalFileKind::History {
-                continue;
-            }
-            if WalSegment::parse(&name[..24], size).is_some_and(|s| s.number < start.number) {
+    for files in archive.list()?.values() {
+        for file in files.iter().filter(|f| f.kind != WalFileKind::History) {
+            let segment = file.name.get(..24).and_then(|base| WalSegment::parse(base, size));
+            if segment.is_some_and(|s| s.number < start.number) {
                 if !dry_run {
-                    archive.delete(name)?;
+                    archive.delete(&file.name)?;
                 }
                 removed += 1;
             }
@@ -211,7 +199,7 @@ mod tests {
         let prior: Option<SetLabel> = prior.map(|p| p.parse().unwrap());
         let time = Utc::now() - Duration::days(days_ago);
         Manifest {
-            format: 1,
+            format: 2,
             kind: label.kind(),
             references: prior.iter().cloned().collect(),
             label,

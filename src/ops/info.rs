@@ -8,13 +8,12 @@ use serde::Serialize;
 
 use crate::config::Resolved;
 use crate::error::{Error, Result};
-use crate::ops::stanza_repo::StanzaRepo;
-use crate::pg::lsn::{Lsn, is_segment_name};
-use crate::repo::archive::Archive;
+use crate::pg::lsn::Lsn;
+use crate::repo::archive::WalFileKind;
 use crate::repo::label::{BackupType, SetLabel};
-use crate::repo::manifest::{BadPage, Manifest};
-use crate::repo::storage::Storage;
+use crate::repo::manifest::BadPage;
 use crate::repo::verification::VerificationRecord;
+use crate::stanza::Stanza;
 
 /// The state of a stanza.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +22,8 @@ pub struct InfoReport {
     pub stanza: String,
     /// "ok", or "error (…)".
     pub status: String,
+    /// Whether everything could be read: `info` exits non-zero otherwise.
+    pub healthy: bool,
     /// Cipher of the repository.
     pub cipher: String,
     /// Compression of the repository.
@@ -99,19 +100,22 @@ pub struct SetInfo {
     pub snapshot: bool,
     /// The latest `verify` of the set.
     pub verification: Option<VerificationRecord>,
+    /// An unreadable set this one may depend on: then it cannot be restored until that set is
+    /// repaired.
+    pub depends_on_damaged: Option<SetLabel>,
 }
 
 /// Reads the stanza's state; `set` limits the sets shown.
 pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
-    let repo = StanzaRepo::open(resolved)?;
+    let repo = Stanza::open(resolved)?;
     let readable = repo.readable_manifests()?;
-    let manifests = readable.manifests;
-    let errors: Vec<String> = readable.unreadable.iter().map(|(label, e)| format!("{label}: {e}")).collect();
+    let manifests = &readable.manifests;
+    let mut errors: Vec<String> = readable.unreadable.iter().map(|(label, e)| format!("{label}: {e}")).collect();
     if let Some(set) = set
         && !manifests.iter().any(|m| &m.label == set)
         && !readable.unreadable.iter().any(|(label, _)| label == set)
     {
-        return Err(Error::refused(format!("backup {set} does not exist in stanza {}", repo.name), None));
+        return Err(Error::refused(format!("backup {set} does not exist in stanza {}", repo.name()), None));
     }
     // Each set's directory is measured once, however many sets reference it.
     let mut sizes: BTreeMap<SetLabel, u64> = BTreeMap::new();
@@ -119,7 +123,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         if let Some(size) = sizes.get(label) {
             return Ok(*size);
         }
-        let size = repo.storage.size(&Manifest::set_prefix(&repo.name, label))?;
+        let size = repo.storage().size(&repo.layout().set(label))?;
         sizes.insert(label.clone(), size);
         Ok(size)
     };
@@ -151,20 +155,26 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
             bad_checksums: m.bad_pages.len(),
             bad_pages: m.bad_pages.iter().take(50).cloned().collect(),
             snapshot: m.snapshot,
-            verification: VerificationRecord::load(&repo.storage, &repo.codec, &repo.name, &m.label)?,
+            verification: VerificationRecord::load(&repo, &m.label).unwrap_or_else(|e| {
+                errors.push(format!("{}: {e}", m.label));
+                None
+            }),
+            depends_on_damaged: readable.damaged_dependency(m).cloned(),
         });
     }
-    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
     let mut ranges = Vec::new();
     let mut newest: Option<DateTime<Utc>> = None;
-    for (tli, names) in archive.list()? {
-        let segments: Vec<&String> = names.iter().filter(|n| is_segment_name(n)).collect();
+    for (tli, files) in repo.archive().list()? {
+        let segments: Vec<_> = files.iter().filter(|f| f.kind == WalFileKind::Segment).collect();
         if let (Some(min), Some(max)) = (segments.first(), segments.last()) {
-            if let Some(modified) = repo.storage.modified(&archive.key(max)?)? {
-                let modified: DateTime<Utc> = modified.into();
-                newest = Some(newest.map_or(modified, |n| n.max(modified)));
-            }
-            ranges.push(ArchiveRange { timeline: tli.0, min: (*min).clone(), max: (*max).clone(), files: names.len() });
+            let modified: DateTime<Utc> = max.modified.into();
+            newest = Some(newest.map_or(modified, |n| n.max(modified)));
+            ranges.push(ArchiveRange {
+                timeline: tli.0,
+                min: min.name.clone(),
+                max: max.name.clone(),
+                files: files.len(),
+            });
         }
     }
     let recovery_window = match (manifests.first(), newest) {
@@ -172,20 +182,22 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         (Some(first), _) => Some((first.stop_time, first.stop_time)),
         _ => None,
     };
-    let status = if !errors.is_empty() {
-        "error (unreadable backup sets)".to_string()
+    let healthy = errors.is_empty();
+    let status = if !healthy {
+        "error (unreadable objects)".to_string()
     } else if manifests.is_empty() {
         "error (no valid backups)".to_string()
     } else {
         "ok".to_string()
     };
     Ok(InfoReport {
-        stanza: repo.name.clone(),
+        stanza: repo.name().to_string(),
         status,
-        cipher: repo.record.cipher_name().into(),
-        compression: format!("{:?}", repo.record.compression).to_lowercase(),
-        system_identifier: repo.record.current.system_identifier,
-        pg_version: repo.record.current.pg_version,
+        healthy,
+        cipher: repo.record().cipher_name().into(),
+        compression: format!("{:?}", repo.record().compression).to_lowercase(),
+        system_identifier: repo.record().current.system_identifier,
+        pg_version: repo.record().current.pg_version,
         sets,
         errors,
         archive: ranges,

@@ -10,8 +10,6 @@ pub mod fork;
 pub mod identity;
 pub mod info;
 pub mod pitr;
-pub mod recovery;
 pub mod restore;
 pub mod stanza;
-pub mod stanza_repo;
 pub mod verify;

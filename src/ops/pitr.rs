@@ -10,7 +10,6 @@ use serde::Serialize;
 use crate::config::Resolved;
 use crate::error::{Error, Result};
 use crate::ops::fork::{ForkOptions, ForkReport, PreparedFork, start_fork};
-use crate::ops::recovery::{RECOVERY_TARGETS, RecoveryRequest, TargetAction};
 use crate::ops::restore::{RestoreOptions, RestoreReport, restore};
 use crate::pg::bins::PgBin;
 use crate::pg::conf::set_auto_conf;
@@ -18,6 +17,7 @@ use crate::pg::datadir::{DataDir, PostmasterPid};
 use crate::pg::session::{ConnTarget, Session};
 use crate::progress::Progress;
 use crate::repo::label::SetLabel;
+use crate::stanza::recovery::{RECOVERY_TARGETS, RecoveryRequest, TargetAction};
 use crate::util::ms_since;
 
 /// A PITR-onto-a-fork request.

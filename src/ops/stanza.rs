@@ -9,9 +9,11 @@ use crate::error::{Error, Result};
 use crate::ops::identity::become_owner_of;
 use crate::pg::datadir::DataDir;
 use crate::repo::crypto::DataKey;
+use crate::repo::keys::Layout;
 use crate::repo::lease::SetLease;
+use crate::repo::object::FORMAT;
 use crate::repo::stanza::{ClusterIdentity, StanzaRecord};
-use crate::repo::storage::{LocalStorage, Storage};
+use crate::stanza::{lock, storage_of};
 
 /// What a stanza command did.
 #[derive(Debug, Clone, Serialize)]
@@ -40,7 +42,8 @@ fn cluster_identity(resolved: &Resolved) -> Result<(DataDir, ClusterIdentity)> {
 /// Creates the stanza (idempotent for the same cluster).
 pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
     let (_, identity) = cluster_identity(resolved)?;
-    let storage = LocalStorage::new(&resolved.repo.path);
+    let storage = storage_of(resolved);
+    let layout = Layout::new(&resolved.name);
     let report = |action: &str, record: &StanzaRecord| StanzaReport {
         stanza: resolved.name.clone(),
         action: action.into(),
@@ -48,42 +51,45 @@ pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
         pg_version: record.current.pg_version,
         cipher: record.cipher_name().into(),
     };
-    if let Some(record) = StanzaRecord::load(&storage, &resolved.name)? {
+    if let Some(record) = StanzaRecord::load(storage.as_ref(), &layout)? {
         record.check_cluster(identity.system_identifier, identity.pg_version)?;
+        // The configuration must agree with the stanza (cipher) and the passphrase open its key.
+        crate::repo::handle::Repo::open(storage, &resolved.name, &resolved.repo.access()?)?;
         return Ok(report("exists", &record));
     }
-    let key = match resolved.repo.cipher {
-        CipherKind::None => None,
-        CipherKind::Aes256Gcm => {
-            let pass = resolved.repo.passphrase()?.expect("an encrypted repository has a passphrase");
-            Some(DataKey::generate().wrap(&pass)?)
+    let key = match (resolved.repo.cipher, resolved.repo.passphrase()?) {
+        (CipherKind::None, _) => None,
+        (CipherKind::Aes256Gcm, Some(pass)) => Some(DataKey::generate().wrap(&pass)?),
+        (CipherKind::Aes256Gcm, None) => {
+            return Err(Error::refused("the repository is encrypted and no passphrase is set", None));
         }
     };
     let record = StanzaRecord {
-        format: 1,
+        format: u32::from(FORMAT),
         name: resolved.name.clone(),
         current: identity,
         history: Vec::new(),
         compression: resolved.repo.compression,
         key,
     };
-    record.save(&storage)?;
+    record.save(storage.as_ref())?;
     Ok(report("created", &record))
 }
 
 /// Records the cluster's new identity after a major upgrade or a new initdb.
 pub fn upgrade(resolved: &Resolved) -> Result<StanzaReport> {
     let (_, identity) = cluster_identity(resolved)?;
-    let storage = LocalStorage::new(&resolved.repo.path);
-    let mut record = StanzaRecord::require(&storage, &resolved.name)?;
-    // The passphrase must open the key before anything changes.
-    record.codec(resolved.repo.passphrase()?.as_ref())?;
+    let storage = storage_of(resolved);
+    // The configuration must agree with the stanza and the passphrase open its key before
+    // anything changes.
+    let repo = crate::repo::handle::Repo::open(storage.clone(), &resolved.name, &resolved.repo.access()?)?;
+    let mut record = repo.record().clone();
     let action = if record.check_cluster(identity.system_identifier, identity.pg_version).is_ok() {
         "unchanged"
     } else {
         let old = std::mem::replace(&mut record.current, identity);
         record.history.push(old);
-        record.save(&storage)?;
+        record.save(storage.as_ref())?;
         "upgraded"
     };
     Ok(StanzaReport {
@@ -110,13 +116,10 @@ pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
             Some("stop the cluster first, or pass --force".into()),
         ));
     }
-    let storage = LocalStorage::new(&resolved.repo.path);
-    let record = StanzaRecord::require(&storage, &resolved.name)?;
-    let _lock = crate::repo::lock::StanzaLock::acquire(
-        &crate::ops::stanza_repo::lock_path(&resolved.repo.path, &resolved.name),
-        &resolved.name,
-        "stanza-delete",
-    )?;
+    let storage = storage_of(resolved);
+    let layout = Layout::new(&resolved.name);
+    let record = StanzaRecord::require(storage.as_ref(), &layout)?;
+    let _lock = lock(resolved, "stanza-delete")?;
     // A mount or verify reading a set is not pulled out from under (a stale lease is no obstacle).
     if let Some(lease) = SetLease::held(&resolved.repo.path, &resolved.name)?.first()
         && !force
@@ -127,8 +130,8 @@ pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
         ));
     }
     // The record goes first: from then on the stanza does not exist, whatever remains.
-    storage.delete(&StanzaRecord::key_of(&resolved.name))?;
-    storage.delete_prefix(&resolved.name)?;
+    storage.delete(&layout.record())?;
+    storage.delete_prefix(&layout.root())?;
     Ok(StanzaReport {
         stanza: resolved.name.clone(),
         action: "deleted".into(),

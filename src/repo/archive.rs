@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::pg::lsn::{TimelineId, WalSegment, is_history_file};
-use crate::repo::codec::Codec;
-use crate::repo::storage::Storage;
+use crate::repo::handle::Repo;
+use crate::repo::object::Kind;
+use crate::repo::storage::ObjectMeta;
 
 /// Largest archived file accepted when decoding (1 GiB, the largest segment size).
 const MAX_FILE: usize = 1 << 30;
@@ -27,24 +28,27 @@ pub enum WalFileKind {
 
 /// Classifies an archive file name and gives its timeline; `None` for anything else.
 pub fn classify(name: &str) -> Option<(WalFileKind, TimelineId)> {
-    let hex = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let tli = |s: &str| u32::from_str_radix(&s[..8], 16).ok().map(TimelineId);
-    if is_history_file(name) {
-        return Some((WalFileKind::History, tli(name)?));
+    fn hex8(bytes: &[u8]) -> Option<u32> {
+        if bytes.len() != 8 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u32::from_str_radix(std::str::from_utf8(bytes).ok()?, 16).ok()
     }
-    let base = name.get(..24)?;
-    if !base.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let bytes = name.as_bytes();
+    if is_history_file(name) {
+        return Some((WalFileKind::History, TimelineId(hex8(bytes.get(..8)?)?)));
+    }
+    let (base, rest) = (bytes.get(..24)?, bytes.get(24..)?);
+    if !base.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    let kind = match &name[24..] {
-        "" => WalFileKind::Segment,
-        ".partial" => WalFileKind::Partial,
-        rest if rest.len() == 16 && rest.starts_with('.') && hex(&rest[1..9]) && &rest[9..] == ".backup" => {
-            WalFileKind::Backup
-        }
+    let kind = match rest {
+        b"" => WalFileKind::Segment,
+        b".partial" => WalFileKind::Partial,
+        [b'.', offset @ .., b'.', b'b', b'a', b'c', b'k', b'u', b'p'] if hex8(offset).is_some() => WalFileKind::Backup,
         _ => return None,
     };
-    Some((kind, tli(base)?))
+    Some((kind, TimelineId(hex8(base.get(..8)?)?)))
 }
 
 /// What pushing found.
@@ -58,76 +62,70 @@ pub enum PushOutcome {
 
 /// A stanza's WAL archive.
 pub struct Archive<'a> {
-    storage: &'a dyn Storage,
-    codec: &'a Codec,
-    stanza: &'a str,
+    repo: &'a Repo,
 }
 
 impl<'a> Archive<'a> {
-    /// The archive of `stanza`.
-    pub fn new(storage: &'a dyn Storage, codec: &'a Codec, stanza: &'a str) -> Archive<'a> {
-        Archive { storage, codec, stanza }
+    /// The archive of `repo`'s stanza.
+    pub fn new(repo: &'a Repo) -> Archive<'a> {
+        Archive { repo }
     }
 
     /// The object key of an archive file.
     pub fn key(&self, name: &str) -> Result<String> {
-        let (_, tli) = classify(name)
-            .ok_or_else(|| Error::invalid(format!("WAL file name {name:?}"), "not a WAL archive file"))?;
-        Ok(format!("{}/archive/{:08X}/{name}", self.stanza, tli.0))
+        self.repo.layout().archived(name)
     }
 
-    /// Stores `bytes` as `name`; the same content again is fine, different content is refused.
+    /// Stores `bytes` as `name` with an exclusive create, so that of two concurrent pushes of one
+    /// name exactly one stores its content; the other (and any later push) compares: the same
+    /// content is fine, different content is refused.
     pub fn push(&self, name: &str, bytes: &[u8]) -> Result<PushOutcome> {
         let key = self.key(name)?;
-        if let Some(existing) = self.read(&key, name)? {
-            if existing == bytes {
-                return Ok(PushOutcome::AlreadyArchived);
-            }
-            return Err(Error::refused(
-                format!("WAL file {name} is already archived in stanza {} with different content", self.stanza),
-                Some("another cluster may be archiving into this stanza; check archive_command of every server".into()),
-            ));
+        // A killed push leaves its temporary beside the archived files: the next one removes it.
+        self.repo.storage().remove_stale(key.strip_suffix(name).unwrap_or(&key))?;
+        if self.repo.put_new_object(Kind::Wal, &key, bytes)? {
+            return Ok(PushOutcome::Stored);
         }
-        self.storage.put(&key, &self.codec.encode(key.as_bytes(), bytes))?;
-        Ok(PushOutcome::Stored)
+        let existing = self.read(&key, name)?;
+        if existing.as_deref() == Some(bytes) {
+            return Ok(PushOutcome::AlreadyArchived);
+        }
+        Err(Error::refused(
+            format!("WAL file {name} is already archived in stanza {} with different content", self.repo.name()),
+            Some("another cluster may be archiving into this stanza; check archive_command of every server".into()),
+        ))
     }
 
-    /// The content of `name`, or `None` when it is not archived.
+    /// The content of `name`, checked, or `None` when it is not archived.
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.read(&self.key(name)?, name)
     }
 
     fn read(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
-        let Some(stored) = self.storage.get(key)? else { return Ok(None) };
-        self.codec.decode(key.as_bytes(), &stored, MAX_FILE, &format!("archived WAL file {name}")).map(Some)
+        let what = format!("archived WAL file {name} of stanza {}", self.repo.name());
+        self.repo.get_object(Kind::Wal, key, MAX_FILE, &what)
     }
 
-    /// Every archived file name per timeline, sorted.
-    pub fn list(&self) -> Result<BTreeMap<TimelineId, Vec<String>>> {
-        let mut by_timeline: BTreeMap<TimelineId, Vec<String>> = BTreeMap::new();
-        for key in self.storage.list(&format!("{}/archive/", self.stanza))? {
-            let Some(name) = key.rsplit('/').next() else { continue };
-            if let Some((_, tli)) = classify(name) {
-                by_timeline.entry(tli).or_default().push(name.to_string());
+    /// Every archived file per timeline, sorted, with its size and time.
+    pub fn list(&self) -> Result<BTreeMap<TimelineId, Vec<ArchivedFile>>> {
+        let mut by_timeline: BTreeMap<TimelineId, Vec<ArchivedFile>> = BTreeMap::new();
+        for object in self.repo.storage().list(&self.repo.layout().archive())? {
+            if let Some(file) = ArchivedFile::from_meta(object) {
+                by_timeline.entry(file.timeline).or_default().push(file);
             }
         }
-        for names in by_timeline.values_mut() {
-            names.sort();
+        for files in by_timeline.values_mut() {
+            files.sort_by(|a, b| a.name.cmp(&b.name));
         }
         Ok(by_timeline)
     }
 
-    /// The archived file names of one timeline, sorted.
-    pub fn list_timeline(&self, timeline: TimelineId) -> Result<Vec<String>> {
-        let keys = self.storage.list(&format!("{}/archive/{:08X}/", self.stanza, timeline.0))?;
-        let mut names: Vec<String> = keys
-            .iter()
-            .filter_map(|key| key.rsplit('/').next())
-            .filter(|name| classify(name).is_some())
-            .map(String::from)
-            .collect();
-        names.sort();
-        Ok(names)
+    /// The archived files of one timeline, sorted.
+    pub fn list_timeline(&self, timeline: TimelineId) -> Result<Vec<ArchivedFile>> {
+        let objects = self.repo.storage().list(&self.repo.layout().archive_timeline(timeline))?;
+        let mut files: Vec<ArchivedFile> = objects.into_iter().filter_map(ArchivedFile::from_meta).collect();
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
     }
 
     /// Complete segments per timeline, by segment number.
@@ -135,21 +133,43 @@ impl<'a> Archive<'a> {
         Ok(self
             .list()?
             .into_iter()
-            .map(|(tli, names)| (tli, names.iter().filter_map(|n| WalSegment::parse(n, segment_size)).collect()))
+            .map(|(tli, files)| (tli, files.iter().filter_map(|f| WalSegment::parse(&f.name, segment_size)).collect()))
             .collect())
     }
 
     /// Removes an archived file.
     pub fn delete(&self, name: &str) -> Result<()> {
-        self.storage.delete(&self.key(name)?)
+        self.repo.storage().delete(&self.key(name)?)
+    }
+}
+
+/// One file of the archive as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedFile {
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub kind: WalFileKind,
+    /// Its timeline.
+    pub timeline: TimelineId,
+    /// Stored size (encoded).
+    pub stored: u64,
+    /// When it was archived.
+    pub modified: std::time::SystemTime,
+}
+
+impl ArchivedFile {
+    fn from_meta(object: ObjectMeta) -> Option<ArchivedFile> {
+        let name = object.key.rsplit('/').next()?;
+        let (kind, timeline) = classify(name)?;
+        Some(ArchivedFile { name: name.to_string(), kind, timeline, stored: object.size, modified: object.modified })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::codec::Compression;
-    use crate::repo::storage::LocalStorage;
+    use crate::repo::handle::test_repo;
 
     #[test]
     fn classifies_archive_names() {
@@ -157,7 +177,15 @@ mod tests {
         assert_eq!(classify("000000020000000000000002.partial"), Some((WalFileKind::Partial, TimelineId(2))));
         assert_eq!(classify("000000010000000000000002.00000028.backup"), Some((WalFileKind::Backup, TimelineId(1))));
         assert_eq!(classify("0000000A.history"), Some((WalFileKind::History, TimelineId(10))));
-        for bad in ["x", "00000001000000000000000G", "000000010000000000000002.tmp", "archive_status"] {
+        for bad in [
+            "x",
+            "00000001000000000000000G",
+            "000000010000000000000002.tmp",
+            "archive_status",
+            "000000010000000000000002.0000002é.backup",
+            "0000000é.history",
+            "00000001000000000000000é",
+        ] {
             assert_eq!(classify(bad), None, "{bad}");
         }
     }
@@ -165,9 +193,8 @@ mod tests {
     #[test]
     fn pushes_are_idempotent_and_conflicts_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(dir.path());
-        let codec = Codec::new(Compression::Lz4, None);
-        let archive = Archive::new(&storage, &codec, "main");
+        let repo = test_repo(dir.path(), false);
+        let archive = repo.archive();
         let name = "000000010000000000000003";
         assert_eq!(archive.push(name, b"wal bytes").unwrap(), PushOutcome::Stored);
         assert_eq!(archive.push(name, b"wal bytes").unwrap(), PushOutcome::AlreadyArchived);
@@ -175,6 +202,14 @@ mod tests {
         assert!(err.to_string().contains("different content"));
         assert_eq!(archive.get(name).unwrap().unwrap(), b"wal bytes");
         assert_eq!(archive.get("000000010000000000000004").unwrap(), None);
-        assert_eq!(archive.list().unwrap()[&TimelineId(1)], vec![name.to_string()]);
+        let listed: Vec<String> = archive.list().unwrap()[&TimelineId(1)].iter().map(|f| f.name.clone()).collect();
+        assert_eq!(listed, vec![name.to_string()]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_name_classifies_without_panic(name in "\\PC{0,48}") {
+            let _ = classify(&name);
+        }
     }
 }

@@ -34,6 +34,11 @@ impl Codec {
         Codec { compression, cipher }
     }
 
+    /// A codec that stores objects as they are.
+    pub fn plain() -> Codec {
+        Codec { compression: Compression::None, cipher: None }
+    }
+
     /// Whether stored bytes equal the plaintext (no compression, no encryption).
     pub fn is_plain(&self) -> bool {
         self.compression == Compression::None && self.cipher.is_none()

@@ -74,7 +74,8 @@ impl SetLabel {
 
     /// The label of the full backup this one is based on (itself for a full).
     pub fn full_part(&self) -> &str {
-        &self.0[..16]
+        // A label is ASCII and at least 16 bytes long: parsing made sure.
+        self.0.get(..16).unwrap_or(&self.0)
     }
 
     /// The label text.
@@ -89,31 +90,34 @@ impl fmt::Display for SetLabel {
     }
 }
 
-fn valid_stamp(s: &str) -> bool {
-    s.len() == 15 && s.as_bytes()[8] == b'-' && s.bytes().enumerate().all(|(i, b)| i == 8 || b.is_ascii_digit())
+/// Whether `stamp` is `YYYYMMDD-HHMMSS`.
+fn valid_stamp(stamp: &[u8]) -> bool {
+    stamp.len() == 15 && stamp.iter().enumerate().all(|(i, b)| if i == 8 { *b == b'-' } else { b.is_ascii_digit() })
 }
 
 impl FromStr for SetLabel {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || {
-            Error::invalid(
-                format!("backup label {s:?}"),
-                "expected 20250715-013657F or 20250715-013657F_20250715-013724I",
-            )
-        };
-        let ok = match s.len() {
-            16 => valid_stamp(&s[..15]) && s.ends_with('F'),
+        let bytes = s.as_bytes();
+        let full = bytes.get(..15).is_some_and(valid_stamp);
+        let ok = match bytes.len() {
+            16 => full && bytes.get(15) == Some(&b'F'),
             33 => {
-                valid_stamp(&s[..15])
-                    && &s[15..17] == "F_"
-                    && valid_stamp(&s[17..32])
-                    && (s.ends_with('D') || s.ends_with('I'))
+                full && bytes.get(15..17) == Some(b"F_")
+                    && bytes.get(17..32).is_some_and(valid_stamp)
+                    && matches!(bytes.get(32), Some(b'D' | b'I'))
             }
             _ => false,
         };
-        if ok { Ok(SetLabel(s.to_string())) } else { Err(bad()) }
+        if ok {
+            Ok(SetLabel(s.to_string()))
+        } else {
+            Err(Error::invalid(
+                format!("backup label {s:?}"),
+                "expected 20250715-013657F or 20250715-013657F_20250715-013724I",
+            ))
+        }
     }
 }
 
@@ -153,9 +157,27 @@ mod tests {
 
     #[test]
     fn malformed_labels_are_errors() {
-        for bad in ["", "20250715-013657", "20250715-013657X", "2025071a-013657F", "20250715-013657F_20250715-013724F"]
-        {
+        for bad in [
+            "",
+            "20250715-013657",
+            "20250715-013657X",
+            "2025071a-013657F",
+            "20250715-013657F_20250715-013724F",
+            "20250715-01365é",
+            "20250715-013657F_20250715-01372éI",
+            "é0250715-013657F",
+        ] {
             assert!(bad.parse::<SetLabel>().is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_errs_without_panic(text in "\\PC{0,40}") {
+            if let Ok(label) = text.parse::<SetLabel>() {
+                proptest::prop_assert_eq!(label.full_part().len(), 16);
+                let _ = label.kind();
+            }
         }
     }
 }

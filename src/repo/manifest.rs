@@ -7,12 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
-use crate::repo::codec::Codec;
 use crate::repo::label::{BackupType, SetLabel};
-use crate::repo::storage::Storage;
-
-/// Largest manifest plaintext accepted (bounds allocation on corrupt input).
-const MAX_MANIFEST: usize = 2 << 30;
+use crate::repo::object::FORMAT;
 /// Largest run plaintext: 16 pages.
 pub const MAX_RUN: usize = 128 * 1024;
 
@@ -122,6 +118,9 @@ pub struct WalEntry {
     pub size: u64,
     /// xxh3-64 of the plaintext.
     pub sum: u64,
+    /// Bytes the segment's object takes in the repository.
+    #[serde(default)]
+    pub stored: u64,
 }
 
 /// A page whose checksum did not match, twice.
@@ -208,61 +207,25 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The key prefix of a set.
-    pub fn set_prefix(stanza: &str, label: &SetLabel) -> String {
-        format!("{stanza}/backup/{label}")
+    /// The manifest as stored (JSON).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest serializes: plain data, string keys")
     }
 
-    /// The manifest's key.
-    pub fn key(stanza: &str, label: &SetLabel) -> String {
-        format!("{}/manifest", Self::set_prefix(stanza, label))
-    }
-
-    /// The key of one of a set's packs.
-    pub fn pack_key(stanza: &str, label: &SetLabel, pack: u32) -> String {
-        format!("{}/pack/{pack:06}", Self::set_prefix(stanza, label))
-    }
-
-    /// The key of one of a set's WAL segments.
-    pub fn wal_key(stanza: &str, label: &SetLabel, name: &str) -> String {
-        format!("{}/wal/{name}", Self::set_prefix(stanza, label))
-    }
-
-    /// Encodes and puts the manifest: this commits the set.
-    pub fn save(&self, storage: &dyn Storage, codec: &Codec, stanza: &str) -> Result<()> {
-        let key = Self::key(stanza, &self.label);
-        let json = serde_json::to_vec(self).expect("a manifest serializes");
-        storage.put(&key, &codec.encode(key.as_bytes(), &json))
-    }
-
-    /// Loads a set's manifest; `None` when the set has none (absent or never committed).
-    pub fn load(storage: &dyn Storage, codec: &Codec, stanza: &str, label: &SetLabel) -> Result<Option<Manifest>> {
-        let key = Self::key(stanza, label);
-        let Some(stored) = storage.get(&key)? else { return Ok(None) };
-        let what = format!("manifest of backup {label}");
-        let json = codec.decode(key.as_bytes(), &stored, MAX_MANIFEST, &what)?;
-        let manifest: Manifest = serde_json::from_slice(&json).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    /// Parses a stored manifest of `label`; `what` names it in errors. A manifest of a newer
+    /// format, or one naming another set, is refused.
+    pub fn from_json(json: &[u8], label: &SetLabel, what: &str) -> Result<Manifest> {
+        let manifest: Manifest = serde_json::from_slice(json).map_err(|e| Error::invalid(what, e.to_string()))?;
+        if manifest.format > u32::from(FORMAT) {
+            return Err(Error::refused(
+                format!("{what} has format {}; this pgfork reads formats up to {FORMAT}", manifest.format),
+                Some("use the pgfork version that wrote the set, or a newer one".into()),
+            ));
+        }
         if &manifest.label != label {
             return Err(Error::invalid(what, format!("it names backup {}", manifest.label)));
         }
-        Ok(Some(manifest))
-    }
-
-    /// Every set directory in the stanza, oldest first, with whether it is committed (has its
-    /// manifest), from one listing.
-    pub fn list_sets(storage: &dyn Storage, stanza: &str) -> Result<Vec<(SetLabel, bool)>> {
-        let mut sets: std::collections::BTreeMap<SetLabel, bool> = std::collections::BTreeMap::new();
-        for key in storage.list(&format!("{stanza}/backup/"))? {
-            let Some(label) = key.split('/').nth(2).and_then(|l| l.parse().ok()) else { continue };
-            let manifest = key.ends_with("/manifest") && key.split('/').count() == 4;
-            *sets.entry(label).or_default() |= manifest;
-        }
-        Ok(sets.into_iter().collect())
-    }
-
-    /// Labels of committed sets (those with a manifest), oldest first.
-    pub fn list_committed(storage: &dyn Storage, stanza: &str) -> Result<Vec<SetLabel>> {
-        Ok(Self::list_sets(storage, stanza)?.into_iter().filter(|(_, committed)| *committed).map(|(l, _)| l).collect())
+        Ok(manifest)
     }
 
     /// The WAL segment size of the cluster, from the segments the set carries.

@@ -4,10 +4,13 @@
 pub mod archive;
 pub mod codec;
 pub mod crypto;
+pub mod handle;
+pub mod keys;
 pub mod label;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
+pub mod object;
 pub mod pack;
 pub mod read;
 pub mod stanza;

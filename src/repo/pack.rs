@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::Result;
-use crate::repo::codec::Codec;
+use crate::repo::handle::Repo;
 use crate::repo::label::SetLabel;
-use crate::repo::manifest::{Manifest, RunRef};
-use crate::repo::storage::Storage;
+use crate::repo::manifest::RunRef;
 
 /// Size at which a pack buffer is put.
 const PACK_TARGET: usize = 8 * 1024 * 1024;
@@ -25,9 +24,7 @@ struct PackBuf {
 
 /// Where a backup's runs go.
 pub struct PackSink<'a> {
-    storage: &'a dyn Storage,
-    codec: &'a Codec,
-    stanza: String,
+    repo: &'a Repo,
     label: SetLabel,
     next_id: AtomicU32,
     slots: Vec<Mutex<Option<PackBuf>>>,
@@ -35,18 +32,10 @@ pub struct PackSink<'a> {
 }
 
 impl<'a> PackSink<'a> {
-    /// A sink for the set `label` of `stanza`.
-    pub fn new(storage: &'a dyn Storage, codec: &'a Codec, stanza: &str, label: &SetLabel) -> PackSink<'a> {
+    /// A sink for the set `label` of `repo`'s stanza.
+    pub fn new(repo: &'a Repo, label: &SetLabel) -> PackSink<'a> {
         let slots = (0..rayon::current_num_threads() + 1).map(|_| Mutex::new(None)).collect();
-        PackSink {
-            storage,
-            codec,
-            stanza: stanza.to_string(),
-            label: label.clone(),
-            next_id: AtomicU32::new(1),
-            slots,
-            stored_bytes: AtomicU64::new(0),
-        }
+        PackSink { repo, label: label.clone(), next_id: AtomicU32::new(1), slots, stored_bytes: AtomicU64::new(0) }
     }
 
     /// Encodes and stores one run; returns where it went.
@@ -57,13 +46,13 @@ impl<'a> PackSink<'a> {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             data: Vec::with_capacity(PACK_TARGET + 256 * 1024),
         });
-        if self.codec.is_plain() {
+        if self.repo.codec().is_plain() {
             let padded = buf.data.len().next_multiple_of(PLAIN_ALIGN);
             buf.data.resize(padded, 0);
         }
         let at = buf.data.len() as u64;
         let aad = run_aad(&self.label, buf.id, at);
-        let stored = self.codec.encode(aad.as_bytes(), plaintext);
+        let stored = self.repo.codec().encode(aad.as_bytes(), plaintext);
         buf.data.extend_from_slice(&stored);
         let run = RunRef {
             set: self.label.clone(),
@@ -100,7 +89,7 @@ impl<'a> PackSink<'a> {
 
     fn put(&self, buf: PackBuf) -> Result<()> {
         self.stored_bytes.fetch_add(buf.data.len() as u64, Ordering::Relaxed);
-        self.storage.put(&Manifest::pack_key(&self.stanza, &self.label, buf.id), &buf.data)
+        self.repo.storage().put(&self.repo.layout().pack(&self.label, buf.id), &buf.data)
     }
 }
 

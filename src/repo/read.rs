@@ -4,62 +4,79 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
-use crate::repo::codec::Codec;
+use crate::repo::handle::Repo;
 use crate::repo::label::SetLabel;
-use crate::repo::manifest::{MAX_RUN, Manifest, RunRef, WalEntry};
+use crate::repo::manifest::{MAX_RUN, RunRef, WalEntry};
+use crate::repo::object::Kind;
 use crate::repo::pack::run_aad;
-use crate::repo::storage::Storage;
 
 /// Largest WAL segment accepted (1 GiB, PostgreSQL's maximum).
 pub const MAX_SEGMENT: usize = 1 << 30;
 
 /// Reads runs (and the WAL segments sets carry) of one stanza.
 pub struct RunReader<'a> {
-    storage: &'a dyn Storage,
-    codec: &'a Codec,
-    stanza: &'a str,
+    repo: &'a Repo,
 }
 
 impl<'a> RunReader<'a> {
-    /// A reader over `stanza`'s sets.
-    pub fn new(storage: &'a dyn Storage, codec: &'a Codec, stanza: &'a str) -> RunReader<'a> {
-        RunReader { storage, codec, stanza }
+    /// A reader over `repo`'s sets.
+    pub fn new(repo: &'a Repo) -> RunReader<'a> {
+        RunReader { repo }
     }
 
     /// The local pack file holding `run` as plaintext, when the repository stores runs unencoded in a
     /// local directory: such runs can be cloned (FICLONERANGE) instead of read and written.
     pub fn plain_pack_path(&self, run: &RunRef) -> Option<std::path::PathBuf> {
-        if !self.codec.is_plain() {
+        if !self.repo.codec().is_plain() {
             return None;
         }
-        self.storage.local_path(&Manifest::pack_key(self.stanza, &run.set, run.pack))
+        self.repo.storage().local_path(&self.repo.layout().pack(&run.set, run.pack))
     }
 
     /// A WAL segment stored in `set`, verified against its manifest entry.
     pub fn read_wal(&self, set: &SetLabel, entry: &WalEntry) -> Result<Vec<u8>> {
-        let key = Manifest::wal_key(self.stanza, set, &entry.name);
+        let key = self.repo.layout().set_wal(set, &entry.name);
         let what = format!("backup {set}, WAL segment {}", entry.name);
-        let stored = self.storage.get(&key)?.ok_or_else(|| Error::invalid(&what, "missing from the repository"))?;
-        let bytes = self.codec.decode(key.as_bytes(), &stored, MAX_SEGMENT, &what)?;
-        if bytes.len() as u64 != entry.size || xxh3_64(&bytes) != entry.sum {
-            return Err(Error::invalid(what, "checksum mismatch"));
-        }
+        let bytes = self
+            .repo
+            .get_object(Kind::Wal, &key, MAX_SEGMENT, &what)?
+            .ok_or_else(|| Error::invalid(&what, "missing from the repository"))?;
+        check_wal(&bytes, entry, &what)?;
         Ok(bytes)
     }
 
     /// The whole plaintext of `run`, verified; `file` names the file for errors.
     pub fn read(&self, run: &RunRef, file: &str) -> Result<Vec<u8>> {
-        let what = format!("backup {}, file {file}, pack {} at {}", run.set, run.pack, run.at);
-        let key = Manifest::pack_key(self.stanza, &run.set, run.pack);
+        let key = self.repo.layout().pack(&run.set, run.pack);
         let stored = self
-            .storage
+            .repo
+            .storage()
             .get_range(&key, run.at, u64::from(run.stored))
-            .map_err(|e| Error::invalid(&what, e.to_string()))?;
+            .map_err(|e| Error::invalid(run_what(run, file), e.to_string()))?;
+        self.decode(run, &stored, file)
+    }
+
+    /// Decodes and checks the stored bytes of `run` (read by the caller, e.g. from a whole pack).
+    pub fn decode(&self, run: &RunRef, stored: &[u8], file: &str) -> Result<Vec<u8>> {
+        let what = run_what(run, file);
         let aad = run_aad(&run.set, run.pack, run.at);
-        let plain = self.codec.decode(aad.as_bytes(), &stored, MAX_RUN.max(run.run_len as usize), &what)?;
+        let plain = self.repo.codec().decode(aad.as_bytes(), stored, MAX_RUN.max(run.run_len as usize), &what)?;
         if plain.len() != run.run_len as usize || xxh3_64(&plain) != run.run_sum {
             return Err(Error::invalid(what, "checksum mismatch: the stored run is corrupt"));
         }
         Ok(plain)
     }
+}
+
+/// How errors name a run.
+fn run_what(run: &RunRef, file: &str) -> String {
+    format!("backup {}, file {file}, pack {} at {}", run.set, run.pack, run.at)
+}
+
+/// Checks a set's WAL segment against its manifest entry.
+pub fn check_wal(bytes: &[u8], entry: &WalEntry, what: &str) -> Result<()> {
+    if bytes.len() as u64 != entry.size || xxh3_64(bytes) != entry.sum {
+        return Err(Error::invalid(what, "checksum mismatch"));
+    }
+    Ok(())
 }

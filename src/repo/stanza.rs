@@ -1,4 +1,4 @@
-//! The stanza record (`<stanza>/stanza.json`): which cluster a stanza belongs to (system identifier,
+//! The stanza record (`<stanza>/stanza.json`, enveloped but never encrypted): which cluster a stanza belongs to (system identifier,
 //! version), how its objects are stored (compression, the wrapped data key), and its history
 //! across `stanza-upgrade`.
 
@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::repo::codec::{Codec, Compression};
 use crate::repo::crypto::{Passphrase, WrappedKey};
+use crate::repo::keys::Layout;
+use crate::repo::object::{self, Kind};
 use crate::repo::storage::Storage;
 
 /// One cluster a stanza has recorded.
@@ -38,32 +40,50 @@ pub struct StanzaRecord {
     pub key: Option<WrappedKey>,
 }
 
+/// Largest stanza record accepted.
+const MAX_RECORD: usize = 1 << 20;
+
 impl StanzaRecord {
-    /// The object key of the record.
-    pub fn key_of(stanza: &str) -> String {
-        format!("{stanza}/stanza.json")
+    /// Reads the record of the stanza laid out by `layout`; `None` when the stanza does not
+    /// exist. The record is never encrypted (it holds what opens the key) but is enveloped.
+    pub fn load(storage: &dyn Storage, layout: &Layout) -> Result<Option<StanzaRecord>> {
+        let key = layout.record();
+        let Some(stored) = storage.get(&key)? else { return Ok(None) };
+        let what = format!("stanza record {key} in {}", storage.location());
+        let json = object::open(&Codec::plain(), Kind::StanzaRecord, key.as_bytes(), &stored, MAX_RECORD, &what)?;
+        let record: StanzaRecord = serde_json::from_slice(&json).map_err(|e| Error::invalid(&what, e.to_string()))?;
+        if record.name != layout.stanza() {
+            return Err(Error::invalid(what, format!("it names stanza {}", record.name)));
+        }
+        Ok(Some(record))
     }
 
-    /// Reads the record of `stanza`; `None` when the stanza does not exist.
-    pub fn load(storage: &dyn Storage, stanza: &str) -> Result<Option<StanzaRecord>> {
-        let Some(bytes) = storage.get(&Self::key_of(stanza))? else { return Ok(None) };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::invalid(Self::key_of(stanza), e.to_string()))
-    }
-
-    /// Reads the record or refuses with a hint to create the stanza.
-    pub fn require(storage: &dyn Storage, stanza: &str) -> Result<StanzaRecord> {
-        Self::load(storage, stanza)?.ok_or_else(|| {
+    /// Reads the record or refuses, naming the repository (and whether it exists at all), with a
+    /// hint to create the stanza.
+    pub fn require(storage: &dyn Storage, layout: &Layout) -> Result<StanzaRecord> {
+        if let Some(record) = Self::load(storage, layout)? {
+            return Ok(record);
+        }
+        let stanza = layout.stanza();
+        let location = storage.location();
+        Err(if storage.exists()? {
             Error::refused(
-                format!("stanza {stanza} does not exist in the repository"),
+                format!("stanza {stanza} does not exist in the repository {location}"),
                 Some("run: pgfork stanza-create".into()),
+            )
+        } else {
+            Error::refused(
+                format!("the repository {location} of stanza {stanza} does not exist"),
+                Some("check the repository's path in the configuration, or run: pgfork stanza-create".into()),
             )
         })
     }
 
     /// Writes the record.
     pub fn save(&self, storage: &dyn Storage) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).expect("a stanza record serializes");
-        storage.put(&Self::key_of(&self.name), &bytes)
+        let key = Layout::new(&self.name).record();
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::invalid(&key, e.to_string()))?;
+        storage.put(&key, &object::seal(&Codec::plain(), Kind::StanzaRecord, key.as_bytes(), &json))
     }
 
     /// Refuses a cluster that is not the stanza's current one.

@@ -5,10 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::codec::Codec;
+use crate::repo::handle::Repo;
 use crate::repo::label::SetLabel;
-use crate::repo::manifest::Manifest;
-use crate::repo::storage::Storage;
+use crate::repo::object::Kind;
 
 /// Largest record accepted.
 const MAX_RECORD: usize = 1 << 20;
@@ -33,22 +32,18 @@ pub struct VerificationRecord {
 }
 
 impl VerificationRecord {
-    fn key(stanza: &str, label: &SetLabel) -> String {
-        format!("{}/verification", Manifest::set_prefix(stanza, label))
-    }
-
     /// Stores the record for `label` (replacing the previous one).
-    pub fn save(&self, storage: &dyn Storage, codec: &Codec, stanza: &str, label: &SetLabel) -> Result<()> {
-        let key = Self::key(stanza, label);
+    pub fn save(&self, repo: &Repo, label: &SetLabel) -> Result<()> {
+        let key = repo.layout().verification(label);
         let bytes = serde_json::to_vec(self).map_err(|e| Error::invalid(&key, e.to_string()))?;
-        storage.put(&key, &codec.encode(key.as_bytes(), &bytes))
+        repo.put_object(Kind::Verification, &key, &bytes).map(drop)
     }
 
     /// The latest record of `label`, if it was ever verified.
-    pub fn load(storage: &dyn Storage, codec: &Codec, stanza: &str, label: &SetLabel) -> Result<Option<Self>> {
-        let key = Self::key(stanza, label);
-        let Some(stored) = storage.get(&key)? else { return Ok(None) };
-        let bytes = codec.decode(key.as_bytes(), &stored, MAX_RECORD, &key)?;
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::invalid(key, e.to_string()))
+    pub fn load(repo: &Repo, label: &SetLabel) -> Result<Option<Self>> {
+        let key = repo.layout().verification(label);
+        let what = format!("verification record of backup {label}");
+        let Some(bytes) = repo.get_object(Kind::Verification, &key, MAX_RECORD, &what)? else { return Ok(None) };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::invalid(what, e.to_string()))
     }
 }

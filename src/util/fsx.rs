@@ -12,8 +12,7 @@ use crate::error::{IoContext, Result};
 /// the new: temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.pgfork-tmp.{}", std::process::id()));
+    let tmp = temp_name(path);
     let result = (|| {
         let mut file =
             OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).at("create", &tmp)?;
@@ -27,6 +26,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Marks the name of a temporary file pgfork writes before renaming it into place.
+const TEMP_MARK: &str = ".pgfork-tmp.";
+
+/// A temporary name beside `path`, unique to this process and call: `.<name>.pgfork-tmp.<pid>.<n>`.
+pub fn temp_name(path: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}{TEMP_MARK}{}.{n}", std::process::id()))
+}
+
+/// The pid of the process that wrote a temporary named by [`temp_name`] (or by earlier versions,
+/// without the counter); `None` for any other name.
+pub fn temp_pid(name: &str) -> Option<u32> {
+    let (_, tail) = name.strip_prefix('.')?.rsplit_once(TEMP_MARK)?;
+    tail.split('.').next()?.parse().ok()
 }
 
 /// Fsyncs a directory so that entries created or renamed in it are durable.
@@ -75,5 +92,16 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn temporary_names_carry_the_writers_pid() {
+        let tmp = temp_name(Path::new("/x/000000010000000000000002"));
+        let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(temp_pid(&name), Some(std::process::id()));
+        assert_eq!(temp_pid(".a.pgfork-tmp.77"), Some(77));
+        for other in ["000000010000000000000002", ".a.pgfork-tmp.x", "a.pgfork-tmp.5", ".pgfork-tmp."] {
+            assert_eq!(temp_pid(other), None, "{other}");
+        }
     }
 }

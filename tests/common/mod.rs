@@ -531,6 +531,14 @@ pub fn fork_args(id: u32, source: &Cluster, dst: &Path, dst_port: u16, extra: &[
     args
 }
 
+/// The manifest of a repository kept with `compression = "none"` and `cipher = "none"`: JSON after
+/// the 32-byte object header.
+pub fn plain_manifest(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"PGFO", "{} is not a pgfork object", path.display());
+    serde_json::from_slice(&bytes[32..]).unwrap()
+}
+
 /// Borrows a list of owned arguments.
 pub fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()

@@ -16,17 +16,16 @@ use crate::config::Resolved;
 use crate::error::{Error, Result};
 use crate::ops::expire::{ExpireReport, apply_retention};
 use crate::ops::identity::become_owner_of;
-use crate::ops::stanza_repo::{StanzaRepo, check_server, server_target};
 use crate::pg::backup_label::BackupLabel;
-use crate::pg::datadir::DataDir;
+use crate::pg::datadir::{ControlData, DataDir};
 use crate::pg::lsn::Lsn;
 use crate::pg::session::Session;
 use crate::progress::Progress;
 use crate::repo::label::{BackupType, SetLabel};
 use crate::repo::manifest::{Manifest, SetStats, WalEntry};
-use crate::repo::pack::PackSink;
-use crate::repo::storage::Storage;
+use crate::repo::object::{FORMAT, Kind};
 use crate::scan::{ScanRequest, ScannedFile, scan_file};
+use crate::stanza::{Stanza, check_server, server_target};
 use crate::util::{Laps, ms_since};
 
 /// A backup request.
@@ -79,63 +78,192 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     let started = Instant::now();
     let data = DataDir::open(&resolved.stanza.data)?;
     let identity = become_owner_of(data.path())?;
-    let repo = StanzaRepo::open(resolved)?;
+    let stanza = Stanza::open(resolved)?;
     let control = data.control()?;
-    repo.record.check_cluster(control.system_identifier, data.major())?;
-    let _lock = repo.lock("backup")?;
-    let cleaned = repo.remove_uncommitted()?;
+    stanza.record().check_cluster(control.system_identifier, data.major())?;
+    let _lock = stanza.lock("backup")?;
+    let cleaned = stanza.remove_uncommitted()?;
     for label in &cleaned {
         progress.note(&format!("removed {label}, left incomplete by an interrupted backup"));
     }
+    let session = connect(&stanza, &data, &identity.name)?;
+    let mut base = Base::choose(&stanza, opts.kind.unwrap_or(BackupType::Incr), &control, data.major())?;
 
-    let target = server_target(resolved, data.path(), &identity.name);
+    let mut laps = Laps::start();
+    let begun = Begun::start(&session, &base.label, opts.fast_checkpoint, progress)?;
+    laps.lap("backup_start");
+    let source = snapshot::prepare(&data, resolved.stanza.snapshot)?;
+    for link in &source.links_left_out {
+        base.notes.push(format!("symbolic link {link} is not backed up (a set holds files and directories only)"));
+    }
+    laps.lap("snapshot");
+    let (scanned, pack_bytes) = scan(&stanza, &source, &base, &begun, progress)?;
+    laps.lap("scan");
+    let stopped = Stopped::stop(&session)?;
+    laps.lap("backup_stop");
+    let backup_label = BackupLabel::parse(&stopped.labelfile)?;
+    let segment_size = crate::pg::wal::segment_size(&session)?;
+    let segments = crate::pg::wal::backup_segments(&backup_label, stopped.lsn, segment_size)?;
+    let wal = store_wal(&stanza, &base.label, &data.path().join("pg_wal"), &segments)?;
+    drop(session);
+    laps.lap("wal");
+
+    let manifest = Manifest {
+        format: u32::from(FORMAT),
+        label: base.label.clone(),
+        kind: base.kind,
+        prior: base.prior.as_ref().map(|m| m.label.clone()),
+        references: Vec::new(),
+        system_identifier: control.system_identifier,
+        pg_version: data.major(),
+        timeline: backup_label.timeline.0,
+        start_lsn: begun.lsn,
+        stop_lsn: stopped.lsn,
+        start_wal: segments.first().cloned().unwrap_or_default(),
+        stop_wal: segments.last().cloned().unwrap_or_default(),
+        start_time: begun.time,
+        stop_time: stopped.time,
+        backup_label: stopped.labelfile,
+        tablespace_map: (!stopped.spcmapfile.is_empty()).then_some(stopped.spcmapfile),
+        tablespaces: source.tablespaces.clone(),
+        checksums_enabled: begun.checksums,
+        snapshot: source.snapshot_taken(),
+        dirs: source.dirs.clone(),
+        files: Vec::new(),
+        wal,
+        bad_pages: Vec::new(),
+        stats: SetStats::default(),
+    }
+    .with_files(scanned, pack_bytes);
+    for bad in &manifest.bad_pages {
+        progress.note(&format!(
+            "bad checksum in {} block {} (stored {}, computed {})",
+            bad.path, bad.block, bad.stored, bad.computed
+        ));
+    }
+    stanza.save(&manifest)?;
+    drop(source);
+    laps.lap("manifest");
+
+    let expired = apply_retention(&stanza, Utc::now(), false)?;
+    laps.lap("expire");
+    Ok(BackupReport {
+        stanza: stanza.name().to_string(),
+        label: manifest.label.clone(),
+        kind: manifest.kind,
+        prior: manifest.prior.clone(),
+        start_lsn: manifest.start_lsn,
+        stop_lsn: manifest.stop_lsn,
+        snapshot: manifest.snapshot,
+        bad_pages: manifest.bad_pages.len(),
+        stats: manifest.stats.clone(),
+        wal_segments: manifest.wal.len(),
+        duration_ms: ms_since(started),
+        timings: laps.timings,
+        notes: base.notes,
+        cleaned,
+        expired,
+    })
+}
+
+/// Connects to the stanza's server and checks it serves the stanza's directory and cluster.
+fn connect(stanza: &Stanza, data: &DataDir, user: &str) -> Result<Session> {
+    let target = server_target(&stanza.config, data.path(), user);
     let session = Session::connect_retry(&target, Duration::from_secs(5)).map_err(|e| {
         Error::refused(
-            format!("cannot reach the server of stanza {} on {}: {e}", repo.name, target.describe()),
+            format!("cannot reach the server of stanza {} on {}: {e}", stanza.name(), target.describe()),
             Some("backups are taken online: start the cluster, or set port/socket in the stanza".into()),
         )
     })?;
-    check_server(&session, &data, repo.record.current.system_identifier)?;
+    check_server(&session, data, stanza.record().current.system_identifier)?;
+    Ok(session)
+}
 
-    let mut notes = Vec::new();
-    let labels = repo.labels()?;
-    let (mut kind, mut prior) = choose_prior(opts.kind.unwrap_or(BackupType::Incr), &labels, &mut notes);
-    let timeline = control.timeline.0;
-    let prior_manifest = match &prior {
-        Some(label) => {
-            let manifest = repo.manifest(label)?;
-            match incompatible(&manifest, control.system_identifier, data.major(), timeline) {
-                Some(reason) => {
-                    notes.push(format!("taking a full backup instead of {kind}: {reason}"));
-                    kind = BackupType::Full;
-                    prior = None;
-                    None
+/// What the new set is based on.
+struct Base {
+    kind: BackupType,
+    /// The prior set's manifest (none for a full).
+    prior: Option<Manifest>,
+    label: SetLabel,
+    /// Remarks: a full instead of the requested type, and why.
+    notes: Vec<String>,
+}
+
+impl Base {
+    /// The type, prior and label of the new set: `requested`, unless there is nothing compatible
+    /// to base it on (then a full, with the reason in the notes).
+    fn choose(stanza: &Stanza, requested: BackupType, control: &ControlData, major: u32) -> Result<Base> {
+        let mut notes = Vec::new();
+        let labels = stanza.labels()?;
+        let (mut kind, prior) = choose_prior(requested, &labels, &mut notes);
+        let prior = match prior {
+            Some(label) => {
+                let manifest = stanza.manifest(&label)?;
+                match incompatible(&manifest, control.system_identifier, major, control.timeline.0) {
+                    Some(reason) => {
+                        notes.push(format!("taking a full backup instead of {kind}: {reason}"));
+                        kind = BackupType::Full;
+                        None
+                    }
+                    None => Some(manifest),
                 }
-                None => Some(manifest),
             }
+            None => None,
+        };
+        let label = new_label(kind, prior.as_ref().map(|m| &m.label), &labels);
+        Ok(Base { kind, prior, label, notes })
+    }
+}
+
+/// A backup begun on the server: `pg_backup_start` returned.
+struct Begun {
+    lsn: Lsn,
+    time: chrono::DateTime<Utc>,
+    /// Whether the cluster has data checksums (pages are validated).
+    checksums: bool,
+}
+
+impl Begun {
+    /// Reserves WAL with a temporary slot (dropped with the session) and starts the backup.
+    fn start(session: &Session, label: &SetLabel, fast: bool, progress: &dyn Progress) -> Result<Begun> {
+        let checksums = session.show("data_checksums")? == "on";
+        let slot = format!("pgfork_backup_{}", std::process::id());
+        if let Err(e) = session.query("SELECT pg_create_physical_replication_slot($1, true, true)", &[&slot]) {
+            progress.note(&format!("could not reserve WAL with a temporary replication slot ({e}); going on"));
         }
-        None => None,
-    };
-    let label = new_label(kind, prior.as_ref(), &labels);
-
-    let checksums = session.show("data_checksums")? == "on";
-    let slot = format!("pgfork_backup_{}", std::process::id());
-    if let Err(e) = session.query("SELECT pg_create_physical_replication_slot($1, true, true)", &[&slot]) {
-        progress.note(&format!("could not reserve WAL with a temporary replication slot ({e}); going on"));
+        let time = Utc::now();
+        let start: String =
+            session.query_one("SELECT pg_backup_start($1, $2)::text", &[&label.as_str(), &fast])?.get(0);
+        Ok(Begun { lsn: start.parse()?, time, checksums })
     }
-    let mut laps = Laps::start();
-    let start_time = Utc::now();
-    let start: String =
-        session.query_one("SELECT pg_backup_start($1, $2)::text", &[&label.as_str(), &opts.fast_checkpoint])?.get(0);
-    let start_lsn: Lsn = start.parse()?;
-    laps.lap("backup_start");
+}
 
-    let source = snapshot::prepare(&data, resolved.stanza.snapshot)?;
-    for link in &source.links_left_out {
-        notes.push(format!("symbolic link {link} is not backed up (a set holds files and directories only)"));
+/// What `pg_backup_stop` returned.
+struct Stopped {
+    lsn: Lsn,
+    time: chrono::DateTime<Utc>,
+    labelfile: String,
+    spcmapfile: String,
+}
+
+impl Stopped {
+    fn stop(session: &Session) -> Result<Stopped> {
+        let row = session.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])?;
+        let (stop, labelfile, spcmapfile): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        Ok(Stopped { lsn: stop.parse()?, time: Utc::now(), labelfile, spcmapfile })
     }
-    laps.lap("snapshot");
-    let sink = PackSink::new(&repo.storage, &repo.codec, &repo.name, &label);
+}
+
+/// Scans every file in parallel into the new set's packs; `pg_control` last, after every other
+/// file. Returns the files and the bytes the packs take.
+fn scan(
+    stanza: &Stanza,
+    source: &snapshot::BackupSource,
+    base: &Base,
+    begun: &Begun,
+    progress: &dyn Progress,
+) -> Result<(Vec<ScannedFile>, u64)> {
+    let sink = stanza.packs(&base.label);
     let total: u64 = source.files.iter().map(|f| f.size).sum();
     progress.begin("backup", total);
     let scan_one = |file: &snapshot::SourceFile| -> Result<Option<ScannedFile>> {
@@ -143,110 +271,49 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
             rel_path: &file.rel,
             file: &file.path,
             mode: source.mode,
-            prior: prior_manifest.as_ref().and_then(|m| m.file(&file.rel)),
-            since: prior_manifest.as_ref().map(|m| m.start_lsn),
-            verify_before: checksums.then_some(start_lsn),
+            prior: base.prior.as_ref().and_then(|m| m.file(&file.rel)),
+            since: base.prior.as_ref().map(|m| m.start_lsn),
+            verify_before: begun.checksums.then_some(begun.lsn),
         };
         let scanned = scan_file(&request, &sink)?;
         progress.advance(scanned.as_ref().map_or(0, |s| s.entry.size));
         Ok(scanned)
     };
-    // pg_control is last in the list and is read after every other file.
-    let (control_file, rest) = source.files.split_last().expect("a data directory has files");
+    let Some((control_file, rest)) = source.files.split_last() else {
+        return Err(Error::invalid("backup", "the data directory has no files"));
+    };
     let mut scanned: Vec<Option<ScannedFile>> = rest.par_iter().map(scan_one).collect::<Result<_>>()?;
     scanned.push(scan_one(control_file)?);
     progress.end();
     sink.finish()?;
-    laps.lap("scan");
+    Ok((scanned.into_iter().flatten().collect(), sink.stored_bytes()))
+}
 
-    let row = session.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])?;
-    let (stop, labelfile, spcmapfile): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-    let stop_time = Utc::now();
-    let stop_lsn: Lsn = stop.parse()?;
-    laps.lap("backup_stop");
-    let backup_label = BackupLabel::parse(&labelfile)?;
-    let segment_size = crate::pg::wal::segment_size(&session)?;
-    let segments = crate::pg::wal::backup_segments(&backup_label, stop_lsn, segment_size)?;
-    let wal = store_wal(&repo, &label, &data.path().join("pg_wal"), &segments)?;
-    drop(session);
-    laps.lap("wal");
-
-    let mut stats = SetStats::default();
-    let mut files = Vec::new();
-    let mut bad_pages = Vec::new();
-    for file in scanned.into_iter().flatten() {
-        stats.database_size += file.entry.size;
-        stats.backup_size += file.stored_plain;
-        stats.pages_total += file.pages_total;
-        stats.pages_changed += file.pages_changed;
-        bad_pages.extend(file.bad_pages);
-        files.push(file.entry);
+impl Manifest {
+    /// Fills in the files, bad pages, references and totals from what the scan produced.
+    fn with_files(mut self, scanned: Vec<ScannedFile>, pack_bytes: u64) -> Manifest {
+        let mut stats = SetStats::default();
+        for file in scanned {
+            stats.database_size += file.entry.size;
+            stats.backup_size += file.stored_plain;
+            stats.pages_total += file.pages_total;
+            stats.pages_changed += file.pages_changed;
+            self.bad_pages.extend(file.bad_pages);
+            self.files.push(file.entry);
+        }
+        self.files.sort_by(|a, b| a.path.cmp(&b.path));
+        stats.files = self.files.len() as u64;
+        stats.repo_size = pack_bytes + self.wal.iter().map(|w| w.stored).sum::<u64>();
+        let references: BTreeSet<SetLabel> = self
+            .files
+            .iter()
+            .flat_map(|f| f.extents.iter().filter_map(|e| e.run.as_ref().map(|r| r.set.clone())))
+            .filter(|set| *set != self.label)
+            .collect();
+        self.references = references.into_iter().collect();
+        self.stats = stats;
+        self
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    stats.files = files.len() as u64;
-    let references: BTreeSet<SetLabel> = files
-        .iter()
-        .flat_map(|f| f.extents.iter().filter_map(|e| e.run.as_ref().map(|r| r.set.clone())))
-        .filter(|set| *set != label)
-        .collect();
-    let wal_stored: u64 = repo.storage.size(&format!("{}/wal", Manifest::set_prefix(&repo.name, &label)))?;
-    stats.repo_size = sink.stored_bytes() + wal_stored;
-    for bad in &bad_pages {
-        progress.note(&format!(
-            "bad checksum in {} block {} (stored {}, computed {})",
-            bad.path, bad.block, bad.stored, bad.computed
-        ));
-    }
-    let manifest = Manifest {
-        format: 1,
-        label: label.clone(),
-        kind,
-        prior: prior.clone(),
-        references: references.into_iter().collect(),
-        system_identifier: control.system_identifier,
-        pg_version: data.major(),
-        timeline: backup_label.timeline.0,
-        start_lsn,
-        stop_lsn,
-        start_wal: segments.first().cloned().unwrap_or_default(),
-        stop_wal: segments.last().cloned().unwrap_or_default(),
-        start_time,
-        stop_time,
-        backup_label: labelfile,
-        tablespace_map: (!spcmapfile.is_empty()).then_some(spcmapfile),
-        tablespaces: source.tablespaces.clone(),
-        checksums_enabled: checksums,
-        snapshot: source.snapshot_taken(),
-        dirs: source.dirs.clone(),
-        files,
-        wal,
-        bad_pages,
-        stats,
-    };
-    manifest.save(&repo.storage, &repo.codec, &repo.name)?;
-    let snapshot_taken = source.snapshot_taken();
-    drop(source);
-    laps.lap("manifest");
-
-    let expired = apply_retention(&repo, Utc::now(), false)?;
-    laps.lap("expire");
-    Ok(BackupReport {
-        stanza: repo.name.clone(),
-        label,
-        kind,
-        prior,
-        start_lsn,
-        stop_lsn,
-        snapshot: snapshot_taken,
-        bad_pages: manifest.bad_pages.len(),
-        stats: manifest.stats.clone(),
-        wal_segments: manifest.wal.len(),
-        duration_ms: ms_since(started),
-        timings: laps.timings,
-        notes,
-        cleaned,
-        expired,
-    })
 }
 
 /// The type and prior set: a diff is based on the newest full, an incr on the newest set; with no
@@ -298,7 +365,7 @@ fn new_label(kind: BackupType, prior: Option<&SetLabel>, existing: &[SetLabel]) 
 
 /// Stores the backup's WAL segments in the set.
 fn store_wal(
-    repo: &StanzaRepo,
+    stanza: &Stanza,
     label: &SetLabel,
     wal_dir: &std::path::Path,
     segments: &[String],
@@ -317,9 +384,9 @@ fn store_wal(
             if bytes.len() > crate::repo::read::MAX_SEGMENT {
                 return Err(Error::invalid(path.display().to_string(), "larger than a WAL segment can be"));
             }
-            let key = Manifest::wal_key(&repo.name, label, name);
-            repo.storage.put(&key, &repo.codec.encode(key.as_bytes(), &bytes))?;
-            Ok(WalEntry { name: name.clone(), size: bytes.len() as u64, sum: xxh3_64(&bytes) })
+            let key = stanza.layout().set_wal(label, name);
+            let stored = stanza.put_object(Kind::Wal, &key, &bytes)?;
+            Ok(WalEntry { name: name.clone(), size: bytes.len() as u64, sum: xxh3_64(&bytes), stored })
         })
         .collect()
 }

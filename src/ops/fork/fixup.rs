@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::ops::recovery::RECOVERY_TARGETS;
+use crate::stanza::recovery::RECOVERY_TARGETS;
 
 /// The source settings the fork's configuration depends on.
 #[derive(Debug, Clone, Default)]

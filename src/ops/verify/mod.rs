@@ -25,7 +25,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::mount::content::ReadFailure;
 use crate::mount::fs::Owner;
 use crate::mount::{DEFAULT_CACHE, DataDirRequest, Scope, default_owner, prepare, session};
-use crate::ops::recovery::{RecoveryRequest, Target, TargetAction, TargetTimeline};
 use crate::ops::verify::checks::CheckOutcome;
 use crate::ops::verify::server::{Interrupt, Reached, Server};
 use crate::ops::verify::stage::Stage;
@@ -33,6 +32,7 @@ use crate::pg::bins::PgBin;
 use crate::pg::session::ConnTarget;
 use crate::repo::label::SetLabel;
 use crate::repo::verification::VerificationRecord;
+use crate::stanza::recovery::{RecoveryRequest, Target, TargetAction, TargetTimeline};
 use crate::util::{Laps, ms_since};
 
 /// A verification request.
@@ -253,7 +253,7 @@ pub fn verify(
         duration_ms: report.duration_ms,
     };
     let repo = &reader.stanzas()[0];
-    record.save(&repo.storage, &repo.codec, &repo.name, &manifest.label)?;
+    record.save(repo, &manifest.label)?;
     if opts.keep {
         report.kept =
             Some(KeptServer { data: stage.data(), socket_dir: stage.socket_dir(), port, pid: std::process::id() });

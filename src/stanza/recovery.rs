@@ -2,19 +2,17 @@
 //! anything is written that the WAL from the set's start to the target is archived and continuous
 //! (following timeline history), and produces the settings that make PostgreSQL recover there.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ops::stanza_repo::StanzaRepo;
-use crate::pg::lsn::{Lsn, TimelineId, WalSegment};
-use crate::repo::archive::Archive;
+use crate::pg::lsn::Lsn;
+use crate::repo::handle::Repo;
 use crate::repo::label::SetLabel;
 use crate::repo::manifest::Manifest;
-use crate::repo::storage::Storage;
+use crate::stanza::{Stanza, preflight};
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,50 +176,39 @@ pub fn choose_set(manifests: &[Manifest], named: Option<&SetLabel>, target: &Tar
 /// The set to restore or mount and, with a recovery request, its checked plan: for a request the
 /// set [`choose_set`] picks (or `named`), else `named` or the newest set.
 pub fn set_and_plan(
-    repo: &StanzaRepo,
-    config: Option<&Path>,
+    stanza: &Stanza,
     named: Option<&SetLabel>,
     request: Option<&RecoveryRequest>,
 ) -> Result<(Manifest, Option<RecoveryPlan>)> {
-    match request {
-        Some(request) => {
-            // A named set needs only its own manifest; otherwise every readable one is a candidate
-            // (a damaged, unrelated set must not block recovery).
-            let mut manifests = match named {
-                Some(label) => vec![repo.manifest(label)?],
-                None => repo.readable_manifests()?.manifests,
-            };
-            let label = choose_set(&manifests, named, &request.target)?;
-            let chosen = manifests.iter().position(|m| m.label == label).expect("chosen among them");
-            let manifest = manifests.swap_remove(chosen);
-            let plan = plan(repo, &manifest, request, &restore_command(config, &repo.name))?;
-            Ok((manifest, Some(plan)))
-        }
-        None => {
-            let label = match named {
-                Some(label) => label.clone(),
-                None => repo
-                    .labels()?
-                    .pop()
-                    .ok_or_else(|| Error::refused(format!("stanza {} has no backup", repo.name), None))?,
-            };
-            Ok((repo.manifest(&label)?, None))
-        }
-    }
+    let Some(request) = request else {
+        let label = match named {
+            Some(label) => label.clone(),
+            None => stanza
+                .labels()?
+                .pop()
+                .ok_or_else(|| Error::refused(format!("stanza {} has no backup", stanza.name()), None))?,
+        };
+        return Ok((stanza.manifest(&label)?, None));
+    };
+    // A named set needs only its own manifest; otherwise every readable one is a candidate (a
+    // damaged, unrelated set must not block recovery).
+    let mut manifests = match named {
+        Some(label) => vec![stanza.manifest(label)?],
+        None => stanza.readable_manifests()?.manifests,
+    };
+    let label = choose_set(&manifests, named, &request.target)?;
+    let manifest = match manifests.iter().position(|m| m.label == label) {
+        Some(chosen) => manifests.swap_remove(chosen),
+        None => stanza.manifest(&label)?,
+    };
+    let command = restore_command(stanza.config.config_path.as_deref(), stanza.name());
+    let plan = plan(stanza, &manifest, request, &command)?;
+    Ok((manifest, Some(plan)))
 }
 
 /// Checks the archive holds every segment recovery needs from `set` to the target, and returns the
 /// plan. Fails naming the first missing segment, or when the target lies past the archive's end.
-pub fn plan(
-    repo: &StanzaRepo,
-    set: &Manifest,
-    request: &RecoveryRequest,
-    restore_command: &str,
-) -> Result<RecoveryPlan> {
-    let archive = Archive::new(&repo.storage, &repo.codec, &repo.name);
-    let size = segment_size(set)?;
-    let start = WalSegment::parse(&set.start_wal, size)
-        .ok_or_else(|| Error::invalid(format!("backup {}", set.label), "bad start WAL name"))?;
+pub fn plan(repo: &Repo, set: &Manifest, request: &RecoveryRequest, restore_command: &str) -> Result<RecoveryPlan> {
     let settings = settings(request, restore_command);
     if request.target == Target::Immediate {
         return Ok(RecoveryPlan {
@@ -232,120 +219,14 @@ pub fn plan(
             settings,
         });
     }
-    let archived = archive.segments(size)?;
-    // The timeline path: the set's timeline, then each switch recorded in the target's history.
-    let target_tli = match request.timeline {
-        TargetTimeline::Current => set.timeline,
-        TargetTimeline::Id(n) => n,
-        TargetTimeline::Latest => archived.keys().map(|t| t.0).max().unwrap_or(set.timeline).max(set.timeline),
-    };
-    let mut path: Vec<(u32, u64, Option<u64>)> = Vec::new(); // (timeline, first segment, last segment before the switch)
-    if target_tli == set.timeline {
-        path.push((set.timeline, start.number, None));
-    } else {
-        let history_name = format!("{target_tli:08X}.history");
-        let history = archive.get(&history_name)?.ok_or_else(|| {
-            Error::refused(
-                format!("timeline {target_tli} has no history file {history_name} in the archive"),
-                Some("pass --target-timeline current, or the timeline the backup is on".into()),
-            )
-        })?;
-        let switches = parse_history(&String::from_utf8_lossy(&history));
-        let mut from = start.number;
-        let mut on_path = false;
-        for (tli, switch) in &switches {
-            if *tli == set.timeline {
-                on_path = true;
-            }
-            if on_path {
-                let switch_seg = switch.segment_no(size);
-                if switch_seg < from {
-                    return Err(Error::refused(
-                        format!(
-                            "backup {} started after timeline {tli} ended at {switch}: it is not on the way to timeline {target_tli}",
-                            set.label
-                        ),
-                        None,
-                    ));
-                }
-                path.push((*tli, from, Some(switch_seg.saturating_sub(1))));
-                from = switch_seg;
-            }
-        }
-        if !on_path {
-            return Err(Error::refused(
-                format!(
-                    "timeline {target_tli} does not descend from timeline {} of backup {}",
-                    set.timeline, set.label
-                ),
-                None,
-            ));
-        }
-        path.push((target_tli, from, None));
-    }
-    let target_seg = match &request.target {
-        Target::Lsn(lsn) => Some(lsn.segment_no(size)),
-        _ => None,
-    };
-    let mut timelines = Vec::new();
-    let mut last_name = set.stop_wal.clone();
-    let mut newest_modified = None;
-    // The set's own WAL counts as present: it travels with the set.
-    let in_set: BTreeSet<&str> = set.wal.iter().map(|w| w.name.as_str()).collect();
-    for (i, (tli, first, last)) in path.iter().enumerate() {
-        let have: BTreeSet<u64> =
-            archived.get(&TimelineId(*tli)).map(|v| v.iter().map(|s| s.number).collect()).unwrap_or_default();
-        let is_last = i == path.len() - 1;
-        let end = match last {
-            Some(last) => *last,
-            None => {
-                let max = have.last().copied().unwrap_or(0).max(start.number.saturating_sub(1));
-                match target_seg {
-                    Some(seg) if seg > max => {
-                        return Err(Error::refused(
-                            format!(
-                                "target LSN is past the end of the archive on timeline {tli} (newest segment {})",
-                                WalSegment { timeline: TimelineId(*tli), number: max }.file_name(size)
-                            ),
-                            Some("wait for the segment holding it to be archived (or run pg_switch_wal())".into()),
-                        ));
-                    }
-                    Some(seg) => seg,
-                    None => max,
-                }
-            }
-        };
-        for number in *first..=end {
-            let name = WalSegment { timeline: TimelineId(*tli), number }.file_name(size);
-            if !have.contains(&number) && !in_set.contains(name.as_str()) {
-                return Err(Error::refused(
-                    format!(
-                        "WAL segment {name} is missing from the archive of stanza {}: recovery from backup {} cannot pass it",
-                        repo.name, set.label
-                    ),
-                    Some("choose a later backup with --set, or a target before this segment".into()),
-                ));
-            }
-        }
-        let first_name = WalSegment { timeline: TimelineId(*tli), number: *first }.file_name(size);
-        last_name = WalSegment { timeline: TimelineId(*tli), number: end.max(*first) }.file_name(size);
-        if is_last {
-            newest_modified = repo.storage.modified(&archive.key(&last_name)?)?;
-        }
-        timelines.push((*tli, first_name, last_name.clone()));
-    }
-    if let (Target::Time(t, text), Some(modified)) = (&request.target, newest_modified) {
-        let archived_at: DateTime<Utc> = modified.into();
-        if *t > archived_at {
-            return Err(Error::refused(
-                format!(
-                    "target time {text} is after the end of the archive: its newest segment {last_name} was archived at {archived_at}"
-                ),
-                Some("wait for the WAL holding the target to be archived (or run pg_switch_wal())".into()),
-            ));
-        }
-    }
-    Ok(RecoveryPlan { set: set.label.clone(), wal_from: set.start_wal.clone(), wal_to: last_name, timelines, settings })
+    let walk = preflight::walk(repo, set, request)?;
+    Ok(RecoveryPlan {
+        set: set.label.clone(),
+        wal_from: set.start_wal.clone(),
+        wal_to: walk.last_name,
+        timelines: walk.timelines,
+        settings,
+    })
 }
 
 /// The parameters that each set a recovery target (at most one may be set).
@@ -394,8 +275,17 @@ pub fn parse_history(text: &str) -> Vec<(u32, Lsn)> {
         .collect()
 }
 
-fn segment_size(set: &Manifest) -> Result<u64> {
-    set.segment_size().ok_or_else(|| Error::invalid(format!("backup {}", set.label), "carries no WAL segment"))
+/// The postgresql.auto.conf changes of a restored set: the comment above them and the settings.
+/// Without a plan the set stops at its consistent point with archiving off, so the copy cannot
+/// write into the repository.
+pub fn restored_settings(label: &SetLabel, plan: Option<&RecoveryPlan>) -> (String, Vec<(String, String)>) {
+    match plan {
+        Some(plan) => (format!("pgfork: recovery from backup {label}"), plan.settings.clone()),
+        None => (
+            format!("pgfork: restored from backup {label}; archiving off until checked"),
+            vec![("archive_mode".to_string(), "off".to_string())],
+        ),
+    }
 }
 
 /// The restore_command that fetches from this configuration's stanza.
@@ -408,6 +298,8 @@ pub fn restore_command(config: Option<&Path>, stanza: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use chrono::Utc;
 
     #[test]
     fn parses_target_times_with_zones() {

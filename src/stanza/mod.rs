@@ -1,0 +1,130 @@
+//! A stanza opened for an operation: its configuration and its repository handle, with the lock,
+//! the leases and the server checks that operations share. This layer sits below both the
+//! operations (`ops`) and the mount, so neither reaches into the other: recovery planning and the
+//! settings a restored data directory gets live here too.
+
+pub mod preflight;
+pub mod recovery;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+use crate::pg::datadir::DataDir;
+use crate::pg::session::{ConnTarget, Session};
+use crate::repo::handle::Repo;
+use crate::repo::label::SetLabel;
+use crate::repo::lease::{LeaseInfo, SetLease};
+use crate::repo::lock::StanzaLock;
+use crate::repo::storage::{LocalStorage, Storage};
+
+/// An opened stanza: the repository handle (through `Deref`) and the configuration it came from.
+pub struct Stanza {
+    /// The configuration of the stanza and its repository.
+    pub config: Resolved,
+    repo: Repo,
+}
+
+impl std::ops::Deref for Stanza {
+    type Target = Repo;
+
+    fn deref(&self) -> &Repo {
+        &self.repo
+    }
+}
+
+impl Stanza {
+    /// Opens the stanza, refusing when the repository or the stanza does not exist, when the
+    /// configured cipher disagrees with the stanza's, or when the passphrase is wrong.
+    pub fn open(resolved: &Resolved) -> Result<Stanza> {
+        let repo = Repo::open(storage_of(resolved), &resolved.name, &resolved.repo.access()?)?;
+        Ok(Stanza { config: resolved.clone(), repo })
+    }
+
+    /// The repository handle.
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// Takes the stanza's lock for `command` (one backup, expire or stanza-delete at a time).
+    pub fn lock(&self, command: &str) -> Result<StanzaLock> {
+        lock(&self.config, command)
+    }
+
+    /// Leases `sets` for `command` (a mount or verify), so expire keeps them.
+    pub fn lease(&self, command: &str, sets: Vec<SetLabel>) -> Result<SetLease> {
+        SetLease::take(&self.config.repo.path, self.name(), command, sets)
+    }
+
+    /// The leases held now.
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        SetLease::held(&self.config.repo.path, self.name())
+    }
+}
+
+/// The storage of a stanza's repository.
+pub fn storage_of(resolved: &Resolved) -> Arc<dyn Storage> {
+    Arc::new(LocalStorage::new(&resolved.repo.path))
+}
+
+/// Takes the lock of the stanza `resolved` names, before (or without) opening it.
+pub fn lock(resolved: &Resolved, command: &str) -> Result<StanzaLock> {
+    StanzaLock::acquire(&lock_path(&resolved.repo.path, &resolved.name), &resolved.name, command)
+}
+
+/// Refuses a server that does not serve the stanza's data directory or cluster.
+pub fn check_server(session: &Session, data: &DataDir, system_identifier: u64) -> Result<()> {
+    let served = PathBuf::from(session.show("data_directory")?);
+    let served = std::fs::canonicalize(&served).unwrap_or(served);
+    if served != data.path() {
+        return Err(Error::refused(
+            format!(
+                "the server on {} serves {}, not the stanza's data directory {}",
+                session.target().describe(),
+                served.display(),
+                data.path().display()
+            ),
+            Some("set port and socket of the stanza to its own server".into()),
+        ));
+    }
+    let id: i64 = session.query_one("SELECT system_identifier FROM pg_control_system()", &[])?.get(0);
+    if id as u64 != system_identifier {
+        return Err(Error::refused(
+            format!(
+                "the server's system identifier {} does not match the stanza's ({system_identifier}): is this the correct stanza?",
+                id as u64
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// The lock file of a stanza in a local repository.
+fn lock_path(repo: &Path, stanza: &str) -> PathBuf {
+    repo.join(stanza).join("lock")
+}
+
+/// How to reach the stanza's server: configured socket, else the one in postmaster.pid, else the
+/// usual socket directories.
+pub fn server_target(resolved: &Resolved, data_dir: &Path, user: &str) -> ConnTarget {
+    let host = resolved
+        .stanza
+        .socket
+        .clone()
+        .or_else(|| {
+            crate::pg::datadir::PostmasterPid::read(data_dir)
+                .ok()
+                .flatten()
+                .and_then(|p| p.socket_dir)
+                .map(|d| d.display().to_string())
+        })
+        .unwrap_or_else(|| "/var/run/postgresql".into());
+    ConnTarget {
+        host,
+        port: resolved.stanza.port,
+        user: resolved.stanza.user.clone().unwrap_or_else(|| user.to_string()),
+        dbname: "postgres".into(),
+    }
+}
