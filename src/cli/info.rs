@@ -5,6 +5,7 @@ use anyhow::Context;
 use crate::cli::repo_args::{Output, RepoArgs};
 use crate::ops::info::{InfoReport, info};
 use crate::repo::label::SetLabel;
+use crate::repo::scrub::ScrubRecord;
 use crate::repo::verification::VerificationRecord;
 use crate::util::human_bytes;
 
@@ -88,9 +89,35 @@ pub fn render(r: &InfoReport) -> String {
             out.push_str(&format!("            UNUSABLE: depends on {damaged}, whose manifest cannot be read\n"));
         }
         out.push_str(&render_verification(s.verification.as_ref()));
+        out.push_str(&render_scrub("            ", "scrubbed", s.scrub.as_ref()));
+    }
+    for a in &r.archive {
+        out.push_str(&format!(
+            "\n    wal archive timeline {}: {} / {} ({} files)\n",
+            a.timeline, a.min, a.max, a.files
+        ));
+    }
+    if !r.archive.is_empty() {
+        out.push_str(&render_scrub("    ", "archive scrubbed", r.archive_scrub.as_ref()));
     }
     for e in &r.errors {
         out.push_str(&format!("\n        error: {e}\n"));
+    }
+    out
+}
+
+/// The `scrubbed:` line of a set (or the archive).
+fn render_scrub(indent: &str, what: &str, scrub: Option<&ScrubRecord>) -> String {
+    let Some(s) = scrub else { return format!("{indent}{what}: never\n") };
+    let verdict = if s.intact { "intact" } else { "DAMAGED" };
+    let mut out = format!(
+        "{indent}{what}: {verdict} at {} ({} objects, {})\n",
+        s.at.format("%Y-%m-%d %H:%M:%S%:z"),
+        s.objects,
+        human_bytes(s.bytes)
+    );
+    for damage in s.damaged.iter().take(5) {
+        out.push_str(&format!("{indent}  {damage}\n"));
     }
     out
 }

@@ -12,6 +12,7 @@ mod pitr;
 mod progress;
 mod repo_args;
 mod restore;
+mod scrub;
 mod stanza;
 mod verify;
 
@@ -58,6 +59,9 @@ pub enum Command {
     ArchiveGet(archive::GetArgs),
     /// Point-in-time recovery onto a fork of the running cluster (production is not touched).
     Pitr(pitr::PitrArgs),
+    /// Read and authenticate every object of the repository (or one set, or the archive); name
+    /// what is damaged.
+    Scrub(scrub::ScrubArgs),
     /// Check that WAL archiving into the stanza works.
     Check(pitr::CheckArgs),
     /// Show the repository, or one backup set as a data directory, as a read-only file system.
@@ -104,6 +108,7 @@ pub fn main() -> i32 {
         Command::ArchivePush(args) => args.run(),
         Command::ArchiveGet(args) => args.run(),
         Command::Pitr(args) => args.run(),
+        Command::Scrub(args) => args.run(),
         Command::Check(args) => args.run(),
         Command::Mount(args) => args.run(),
         Command::Umount(args) => args.run(),

@@ -42,6 +42,16 @@ impl MountArgs {
     /// Mounts and serves until unmounted or interrupted.
     pub fn run(self) -> anyhow::Result<()> {
         let started = Instant::now();
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(crate::Error::refused(
+                format!(
+                    "mount at {} needs root: it mounts a FUSE file system other users can read",
+                    self.mountpoint.display()
+                ),
+                Some("run it as root (sudo pgfork mount …)".into()),
+            )
+            .into());
+        }
         // Before any thread exists: every thread must inherit the blocked signals.
         let signals = termination_channel()?;
         let recovery = self.target.request()?;

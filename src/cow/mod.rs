@@ -3,6 +3,7 @@
 
 pub mod file_copy;
 pub mod fs_kind;
+pub mod shared;
 pub mod tree;
 
 pub use fs_kind::{CopyMethod, FsKind, probe_reflink};

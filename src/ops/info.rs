@@ -12,6 +12,7 @@ use crate::pg::lsn::Lsn;
 use crate::repo::archive::WalFileKind;
 use crate::repo::label::{BackupType, SetLabel};
 use crate::repo::manifest::BadPage;
+use crate::repo::scrub::ScrubRecord;
 use crate::repo::verification::VerificationRecord;
 use crate::stanza::Stanza;
 
@@ -38,6 +39,8 @@ pub struct InfoReport {
     pub errors: Vec<String>,
     /// The WAL archive per timeline.
     pub archive: Vec<ArchiveRange>,
+    /// The latest `scrub` of the archive.
+    pub archive_scrub: Option<ScrubRecord>,
     /// From the earliest set's consistent point to the newest archived WAL: the times a restore can reach.
     pub recovery_window: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
@@ -100,6 +103,8 @@ pub struct SetInfo {
     pub snapshot: bool,
     /// The latest `verify` of the set.
     pub verification: Option<VerificationRecord>,
+    /// The latest `scrub` of the set.
+    pub scrub: Option<ScrubRecord>,
     /// An unreadable set this one may depend on: then it cannot be restored until that set is
     /// repaired.
     pub depends_on_damaged: Option<SetLabel>,
@@ -159,6 +164,10 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
                 errors.push(format!("{}: {e}", m.label));
                 None
             }),
+            scrub: ScrubRecord::load(&repo, &repo.layout().scrub(&m.label)).unwrap_or_else(|e| {
+                errors.push(format!("{}: {e}", m.label));
+                None
+            }),
             depends_on_damaged: readable.damaged_dependency(m).cloned(),
         });
     }
@@ -182,6 +191,10 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         (Some(first), _) => Some((first.stop_time, first.stop_time)),
         _ => None,
     };
+    let archive_scrub = ScrubRecord::load(&repo, &repo.layout().archive_scrub()).unwrap_or_else(|e| {
+        errors.push(format!("archive scrub record: {e}"));
+        None
+    });
     let healthy = errors.is_empty();
     let status = if !healthy {
         "error (unreadable objects)".to_string()
@@ -201,6 +214,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         sets,
         errors,
         archive: ranges,
+        archive_scrub,
         recovery_window,
     })
 }

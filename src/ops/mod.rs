@@ -11,5 +11,6 @@ pub mod identity;
 pub mod info;
 pub mod pitr;
 pub mod restore;
+pub mod scrub;
 pub mod stanza;
 pub mod verify;

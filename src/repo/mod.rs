@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod object;
 pub mod pack;
 pub mod read;
+pub mod scrub;
 pub mod stanza;
 pub mod storage;
 pub mod verification;
