@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod cow;
 pub mod error;
+pub mod fuzz;
 pub mod mount;
 pub mod ops;
 pub mod pg;

@@ -274,7 +274,8 @@ fn a_time_target_past_the_set_with_nothing_archived_after_it_is_refused() {
         }
     }
     let later = (chrono::Utc::now() + chrono::Duration::minutes(10)).format("%Y-%m-%d %H:%M:%S+00").to_string();
-    let target = PgDir::new(None, "late-").path().join("data");
+    let dir = PgDir::new(None, "late-");
+    let target = dir.path().join("data");
     let out = repo.run(&["restore", "--data", target.to_str().unwrap(), "--type", "time", "--target", &later]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("after the end of the archive"), "{}", stderr_of(&out));

@@ -68,8 +68,8 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Unmount a pgfork mount.
     Umount(mount::UmountArgs),
-    /// Prove a backup set: boot PostgreSQL on it through a mount and an overlay, recover to the
-    /// target, run checks, tear down.
+    /// Prove a backup set: boot PostgreSQL on a copy-on-write mount of it, recover to the target,
+    /// run checks, tear down.
     Verify(verify::VerifyArgs),
 }
 

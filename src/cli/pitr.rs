@@ -32,6 +32,13 @@ pub struct PitrArgs {
     /// Start the fork and wait until it reaches the target.
     #[arg(long)]
     pub start: bool,
+    /// Replace an existing destination (never one a running server owns), such as what an
+    /// interrupted pitr left.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
     /// Recovery target (required).
     #[command(flatten)]
     pub target: TargetArgs,
@@ -62,10 +69,13 @@ impl PitrArgs {
             host: stanza.socket.clone(),
             user: stanza.user.clone(),
             mode: ModeRequest::Auto,
-            force: false,
+            force: self.force,
             start: false,
             bindir: stanza.bindir.clone(),
         };
+        if self.force && fork.dst.exists() && !self.yes {
+            super::confirm(&format!("remove {} and replace it with a recovered fork?", fork.dst.display()))?;
+        }
         let opts = PitrForkOptions { fork, recovery, set: self.set.clone(), start: self.start };
         let report = pitr_fork(&resolved, &opts, &TerminalProgress::default()).context("pitr onto a fork")?;
         if self.json {

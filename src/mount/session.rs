@@ -63,8 +63,8 @@ impl Mounted {
             self.session.take();
         })?;
         if lazy {
-            eprintln!(
-                "pgfork: {} is busy; detached: it goes away when the last open file is closed",
+            tracing::warn!(
+                "{} is busy; detached: it goes away when the last open file is closed",
                 self.mountpoint.display()
             );
         }
@@ -115,7 +115,7 @@ pub fn prepare_mountpoint(mountpoint: &Path) -> Result<()> {
         let dead = matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
         if kind.is_pgfork() && dead {
             umount2(mountpoint, MntFlags::MNT_DETACH).map_err(|e| Error::io("detach", mountpoint, e.into()))?;
-            eprintln!("pgfork: removed a stale mount at {} (its process had died)", mountpoint.display());
+            tracing::warn!("removed a stale mount at {} (its process had died)", mountpoint.display());
         } else {
             return Err(Error::refused(
                 format!("{} is already a mount point ({})", mountpoint.display(), kind.fs_type),

@@ -85,6 +85,11 @@ impl DataKey {
         DataKey(random_bytes::<32>())
     }
 
+    /// A key of the given bytes (for replayable fuzzing and tests; repositories use [`DataKey::generate`]).
+    pub fn from_bytes(bytes: [u8; 32]) -> DataKey {
+        DataKey(bytes)
+    }
+
     /// Seals the key with a key derived from `passphrase`.
     pub fn wrap(&self, passphrase: &Passphrase) -> Result<WrappedKey> {
         let kdf = KdfParams::generate();

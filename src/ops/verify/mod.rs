@@ -147,7 +147,7 @@ pub fn verify(
             .ok_or_else(|| Error::refused(format!("uid {} has no user name", owner.uid), None))?,
     };
     for stale in stage::remove_stale(&resolved.name) {
-        eprintln!("pgfork: removed {} (left by a verify that was killed)", stale.display());
+        tracing::warn!("removed {} (left by a verify that was killed)", stale.display());
     }
     let work = opts.work.clone().unwrap_or_else(|| stage::default_work_dir(&resolved.name, std::process::id()));
     let mut stage = Stage::create(&work, owner)?;

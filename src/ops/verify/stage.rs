@@ -238,7 +238,7 @@ pub fn remove_stale(stanza: &str) -> Vec<PathBuf> {
 impl Drop for Stage {
     fn drop(&mut self) {
         for problem in self.teardown() {
-            eprintln!("pgfork: verify teardown: {problem}");
+            tracing::warn!("verify teardown: {problem}");
         }
     }
 }
