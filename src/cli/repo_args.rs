@@ -13,12 +13,15 @@ pub struct RepoArgs {
     /// Stanza [default: the only one configured].
     #[arg(long, env = "PGFORK_STANZA", global = true)]
     pub stanza: Option<String>,
+    /// Repository, when the stanza has several [default: the first].
+    #[arg(long, global = true)]
+    pub repo: Option<String>,
 }
 
 impl RepoArgs {
     /// Loads the configuration and resolves the stanza.
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
-        Ok(Config::load(self.config.as_deref())?.resolve(self.stanza.as_deref())?)
+        Ok(Config::load(self.config.as_deref())?.resolve(self.stanza.as_deref())?.with_repo(self.repo.as_deref())?)
     }
 }
 

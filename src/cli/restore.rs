@@ -240,7 +240,7 @@ impl PgPitrCli {
             target_action: if self.promote { TargetAction::Promote } else { TargetAction::Pause },
             target_timeline: TargetTimeline::Latest,
         };
-        let repo = RepoArgs { config: self.config.clone(), stanza: self.stanza.clone() };
+        let repo = RepoArgs { config: self.config.clone(), stanza: self.stanza.clone(), repo: None };
         let resolved = repo.resolve()?;
         let data = std::path::absolute(&self.data)?;
         let mut opts = RestoreOptions {

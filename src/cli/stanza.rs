@@ -47,6 +47,12 @@ impl StanzaArgs {
             "stanza {}: {} (system identifier {}, PostgreSQL {}, cipher {})",
             report.stanza, report.action, report.system_identifier, report.pg_version, report.cipher
         );
+        if report.exclusive_create == Some(false) {
+            println!(
+                "  note: the object store ignores conditional create (If-None-Match); archive pushes stay \
+                 exclusive through pgfork's own protocol (a few more requests each)"
+            );
+        }
         Ok(())
     }
 }

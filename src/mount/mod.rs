@@ -20,15 +20,15 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::Resolved;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::mount::content::ContentReader;
 use crate::mount::fs::{MountFs, Owner};
 use crate::mount::session::Mounted;
 use crate::mount::tree::{Fill, Node, ROOT, Tree};
 use crate::mount::view::DataDirView;
 use crate::repo::label::SetLabel;
-use crate::repo::lease::SetLease;
 use crate::repo::manifest::Manifest;
+use crate::repo::storage::Held;
 use crate::stanza::Stanza;
 use crate::stanza::recovery::{RecoveryPlan, RecoveryRequest, set_and_plan};
 use crate::util::ms_since;
@@ -71,7 +71,7 @@ pub struct Prepared {
     /// For a data directory with a target: the checked recovery plan.
     pub plan: Option<RecoveryPlan>,
     /// For a data directory: the lease that keeps expire from removing the sets it reads.
-    pub lease: Option<SetLease>,
+    pub lease: Option<Box<dyn Held>>,
 }
 
 /// Opens the stanzas (refusing a wrong passphrase), checks the set and target, and builds the
@@ -83,7 +83,10 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
             let repos = stanzas.iter().map(Stanza::open).collect::<Result<Vec<_>>>()?;
             let owner = match owner {
                 Some(owner) => owner,
-                None => default_owner(&stanzas.first().map(|s| s.repo.path.clone()).unwrap_or_default())?,
+                None => match stanzas.first() {
+                    Some(first) => default_owner(first)?,
+                    None => Owner { uid: 0, gid: 0 },
+                },
             };
             let names: Vec<String> = repos.iter().map(|r| r.name().to_string()).collect();
             let reader = Arc::new(ContentReader::new(repos, cache_bytes)?);
@@ -98,7 +101,7 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
         Scope::DataDir(request) => {
             let owner = match owner {
                 Some(owner) => owner,
-                None => default_owner(&request.resolved.repo.path)?,
+                None => default_owner(&request.resolved)?,
             };
             let repo = Stanza::open(&request.resolved)?;
             let reader = Arc::new(ContentReader::new(vec![repo], cache_bytes)?);
@@ -121,12 +124,17 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
     }
 }
 
-/// The owner shown for the files: the repository directory's owner, or `postgres` when root
-/// owns it (PostgreSQL must be able to read what it boots from).
-pub fn default_owner(repo: &Path) -> Result<Owner> {
-    let meta = std::fs::metadata(repo).at("stat", repo)?;
-    if meta.uid() != 0 {
-        return Ok(Owner { uid: meta.uid(), gid: meta.gid() });
+/// The owner shown for the files: the local repository directory's owner, else the stanza's data
+/// directory's; `postgres` when root owns it or there is none (PostgreSQL must be able to read
+/// what it boots from).
+pub fn default_owner(resolved: &Resolved) -> Result<Owner> {
+    let anchors = resolved.repo.local_path().into_iter().chain([resolved.stanza.data.as_path()]);
+    for anchor in anchors {
+        if let Ok(meta) = std::fs::metadata(anchor)
+            && meta.uid() != 0
+        {
+            return Ok(Owner { uid: meta.uid(), gid: meta.gid() });
+        }
     }
     match nix::unistd::User::from_name("postgres").ok().flatten() {
         Some(user) => Ok(Owner { uid: user.uid.as_raw(), gid: user.gid.as_raw() }),

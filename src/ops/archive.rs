@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use crate::config::Resolved;
 use crate::error::{Error, IoContext, Result};
-use crate::ops::identity::become_owner_of;
+use crate::ops::identity::{become_owner_of, become_repository_user};
 use crate::pg::lsn::WalSegment;
 use crate::pg::wal_header::SegmentHeader;
 use crate::repo::archive::{PushOutcome, WalFileKind, classify};
@@ -96,7 +96,7 @@ pub fn archive_get(resolved: &Resolved, name: &str, dest: &Path, prefetch: bool)
         // The fetched file belongs to whoever owns the directory it goes to (PostgreSQL's pg_wal).
         become_owner_of(dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     }
-    let storage = storage_of(resolved);
+    let storage = storage_of(resolved)?;
     let record = StanzaRecord::require(storage.as_ref(), &Layout::new(&resolved.name))?;
     let spool = Spool::of(dest, resolved, storage.location(), &record);
     if spool.take(name, dest, &record)? {
@@ -239,10 +239,5 @@ fn write_replace(dest: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn act_as_repository_owner(resolved: &Resolved) -> Result<()> {
-    if nix::unistd::Uid::effective().is_root() {
-        let anchor =
-            if resolved.repo.path.exists() { resolved.repo.path.clone() } else { resolved.stanza.data.clone() };
-        become_owner_of(&anchor)?;
-    }
-    Ok(())
+    become_repository_user(resolved).map(drop)
 }

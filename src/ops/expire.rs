@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::{RepoConfig, Resolved, RetentionType};
 use crate::error::{Error, Result};
-use crate::ops::identity::become_owner_of;
+use crate::ops::identity::become_repository_user;
 use crate::pg::lsn::WalSegment;
 use crate::repo::archive::WalFileKind;
 use crate::repo::handle::Readable;
@@ -37,7 +37,7 @@ pub struct ExpireReport {
 
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
 pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Result<ExpireReport> {
-    become_owner_of(&resolved.repo.path)?;
+    become_repository_user(resolved)?;
     let repo = Stanza::open(resolved)?;
     let _lock = repo.lock("expire")?;
     repo.remove_uncommitted()?;
@@ -227,15 +227,10 @@ mod tests {
     }
 
     fn settings(kind: RetentionType, full: u32, diff: Option<u32>) -> RepoConfig {
-        RepoConfig {
-            path: "/x".into(),
-            retention_full_type: kind,
-            retention_full: full,
-            retention_diff: diff,
-            cipher: Default::default(),
-            compression: Default::default(),
-            passphrase_file: None,
-        }
+        let mut config = crate::config::Config::parse("[repo.x]\npath = \"/x\"\n").unwrap();
+        let mut repo = config.repo.remove("x").unwrap();
+        (repo.retention_full_type, repo.retention_full, repo.retention_diff) = (kind, full, diff);
+        repo
     }
 
     const F1: &str = "20250101-000000F";

@@ -54,6 +54,33 @@ pub fn become_owner_of(data_dir: &Path) -> Result<Identity> {
     Ok(Identity { name: owner.name })
 }
 
+/// Makes the process act as the user who owns the stanza's repository: the owner of a local
+/// repository's directory, else of the stanza's data directory (or the nearest existing directory
+/// above it), else — started as root with nothing to go by — `postgres`. Not root: carries on.
+pub fn become_repository_user(resolved: &crate::config::Resolved) -> Result<Identity> {
+    let me = Uid::effective();
+    if !me.is_root() {
+        let name = User::from_uid(me).ok().flatten().map(|u| u.name).unwrap_or_else(|| me.to_string());
+        return Ok(Identity { name });
+    }
+    let anchors = resolved.repo.local_path().into_iter().chain(resolved.stanza.data.ancestors());
+    for anchor in anchors {
+        if let Ok(meta) = std::fs::metadata(anchor)
+            && meta.uid() != 0
+        {
+            return become_owner_of(anchor);
+        }
+    }
+    let user = User::from_name("postgres").ok().flatten().ok_or_else(|| {
+        Error::refused(
+            "started as root, pgfork found no user to act as (no owned repository or data directory, no postgres user)",
+            Some("run pgfork as the user that runs the cluster".into()),
+        )
+    })?;
+    switch_to(&user).at("switch to user", Path::new("postgres"))?;
+    Ok(Identity { name: user.name })
+}
+
 fn switch_to(user: &User) -> nix::Result<()> {
     let name = std::ffi::CString::new(user.name.as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
     nix::unistd::setgid(Gid::from_raw(user.gid.as_raw()))?;

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::Resolved;
 use crate::error::{Error, Result};
-use crate::ops::identity::become_owner_of;
+use crate::ops::identity::become_repository_user;
 use crate::progress::Progress;
 use crate::repo::archive::ArchivedFile;
 use crate::repo::label::SetLabel;
@@ -122,7 +122,7 @@ impl Tally {
 /// Scrubs the stanza (or one set, or the archive) and records the outcome of each.
 pub fn scrub(resolved: &Resolved, opts: &ScrubOptions, progress: &dyn Progress) -> Result<ScrubReport> {
     let started = Instant::now();
-    become_owner_of(&resolved.repo.path)?;
+    become_repository_user(resolved)?;
     let stanza = Stanza::open(resolved)?;
     let (manifests, unreadable) = scope(&stanza, opts)?;
     let mut items = Vec::new();

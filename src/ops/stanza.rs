@@ -10,7 +10,7 @@ use crate::ops::identity::become_owner_of;
 use crate::pg::datadir::DataDir;
 use crate::repo::crypto::DataKey;
 use crate::repo::keys::Layout;
-use crate::repo::lease::SetLease;
+use crate::repo::lease::LeaseInfo;
 use crate::repo::object::FORMAT;
 use crate::repo::stanza::{ClusterIdentity, StanzaRecord};
 use crate::stanza::{lock, storage_of};
@@ -28,6 +28,9 @@ pub struct StanzaReport {
     pub pg_version: u32,
     /// Cipher of the repository.
     pub cipher: String,
+    /// Object storage: whether the server honours conditional create (`If-None-Match: *`); when it
+    /// does not, pgfork keeps archive pushes exclusive with its own protocol.
+    pub exclusive_create: Option<bool>,
 }
 
 fn cluster_identity(resolved: &Resolved) -> Result<(DataDir, ClusterIdentity)> {
@@ -42,7 +45,7 @@ fn cluster_identity(resolved: &Resolved) -> Result<(DataDir, ClusterIdentity)> {
 /// Creates the stanza (idempotent for the same cluster).
 pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
     let (_, identity) = cluster_identity(resolved)?;
-    let storage = storage_of(resolved);
+    let storage = storage_of(resolved)?;
     let layout = Layout::new(&resolved.name);
     let report = |action: &str, record: &StanzaRecord| StanzaReport {
         stanza: resolved.name.clone(),
@@ -50,6 +53,7 @@ pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
         system_identifier: record.current.system_identifier,
         pg_version: record.current.pg_version,
         cipher: record.cipher_name().into(),
+        exclusive_create: record.exclusive_create,
     };
     if let Some(record) = StanzaRecord::load(storage.as_ref(), &layout)? {
         record.check_cluster(identity.system_identifier, identity.pg_version)?;
@@ -64,7 +68,14 @@ pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
             return Err(Error::refused("the repository is encrypted and no passphrase is set", None));
         }
     };
+    // Object storage: whether the server honours exclusive create on its own (Garage 2.5 does
+    // not); recorded so every later run knows which protocol keeps archive pushes exclusive.
+    let exclusive_create = match resolved.repo.conditional_create {
+        Some(false) => Some(false),
+        _ => storage.probe_exclusive_create()?,
+    };
     let record = StanzaRecord {
+        exclusive_create,
         format: u32::from(FORMAT),
         name: resolved.name.clone(),
         current: identity,
@@ -79,7 +90,7 @@ pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
 /// Records the cluster's new identity after a major upgrade or a new initdb.
 pub fn upgrade(resolved: &Resolved) -> Result<StanzaReport> {
     let (_, identity) = cluster_identity(resolved)?;
-    let storage = storage_of(resolved);
+    let storage = storage_of(resolved)?;
     // The configuration must agree with the stanza and the passphrase open its key before
     // anything changes.
     let repo = crate::repo::handle::Repo::open(storage.clone(), &resolved.name, &resolved.repo.access()?)?;
@@ -98,6 +109,7 @@ pub fn upgrade(resolved: &Resolved) -> Result<StanzaReport> {
         system_identifier: record.current.system_identifier,
         pg_version: record.current.pg_version,
         cipher: record.cipher_name().into(),
+        exclusive_create: record.exclusive_create,
     })
 }
 
@@ -116,12 +128,14 @@ pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
             Some("stop the cluster first, or pass --force".into()),
         ));
     }
-    let storage = storage_of(resolved);
+    let storage = storage_of(resolved)?;
     let layout = Layout::new(&resolved.name);
     let record = StanzaRecord::require(storage.as_ref(), &layout)?;
     let _lock = lock(resolved, "stanza-delete")?;
     // A mount or verify reading a set is not pulled out from under (a stale lease is no obstacle).
-    if let Some(lease) = SetLease::held(&resolved.repo.path, &resolved.name)?.first()
+    let leases: Vec<LeaseInfo> =
+        storage.leases(&layout.leases())?.iter().map(|stored| LeaseInfo::open(stored)).collect::<Result<_>>()?;
+    if let Some(lease) = leases.first()
         && !force
     {
         return Err(Error::refused(
@@ -138,5 +152,6 @@ pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
         system_identifier: record.current.system_identifier,
         pg_version: record.current.pg_version,
         cipher: record.cipher_name().into(),
+        exclusive_create: record.exclusive_create,
     })
 }

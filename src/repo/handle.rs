@@ -59,6 +59,9 @@ impl Repo {
             ));
         }
         let codec = record.codec(access.passphrase.as_ref())?;
+        if let Some(honoured) = record.exclusive_create {
+            storage.set_exclusive_create(honoured);
+        }
         Ok(Repo { storage, layout, record, codec })
     }
 
@@ -248,6 +251,7 @@ pub fn test_repo(dir: &std::path::Path, encrypted: bool) -> Repo {
         history: Vec::new(),
         compression: Compression::Lz4,
         key: encrypted.then(|| DataKey::generate().wrap(&passphrase).unwrap()),
+        exclusive_create: None,
     };
     record.save(storage.as_ref()).unwrap();
     let cipher = if encrypted { CipherKind::Aes256Gcm } else { CipherKind::None };

@@ -8,7 +8,6 @@ pub mod handle;
 pub mod keys;
 pub mod label;
 pub mod lease;
-pub mod lock;
 pub mod manifest;
 pub mod object;
 pub mod pack;

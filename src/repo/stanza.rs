@@ -38,6 +38,10 @@ pub struct StanzaRecord {
     pub compression: Compression,
     /// The wrapped data key; `None` when the repository is not encrypted.
     pub key: Option<WrappedKey>,
+    /// Whether the store honours exclusive create on its own (probed by stanza-create in object
+    /// storage); `None` for a directory.
+    #[serde(default)]
+    pub exclusive_create: Option<bool>,
 }
 
 /// Largest stanza record accepted.

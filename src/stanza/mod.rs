@@ -9,15 +9,15 @@ pub mod recovery;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::Resolved;
+use crate::config::{RepoKind, Resolved, UriStyle};
 use crate::error::{Error, Result};
 use crate::pg::datadir::DataDir;
 use crate::pg::session::{ConnTarget, Session};
 use crate::repo::handle::Repo;
+use crate::repo::keys::Layout;
 use crate::repo::label::SetLabel;
-use crate::repo::lease::{LeaseInfo, SetLease};
-use crate::repo::lock::StanzaLock;
-use crate::repo::storage::{LocalStorage, Storage};
+use crate::repo::lease::LeaseInfo;
+use crate::repo::storage::{Held, LocalStorage, S3Settings, S3Storage, Storage};
 
 /// An opened stanza: the repository handle (through `Deref`) and the configuration it came from.
 pub struct Stanza {
@@ -38,7 +38,10 @@ impl Stanza {
     /// Opens the stanza, refusing when the repository or the stanza does not exist, when the
     /// configured cipher disagrees with the stanza's, or when the passphrase is wrong.
     pub fn open(resolved: &Resolved) -> Result<Stanza> {
-        let repo = Repo::open(storage_of(resolved), &resolved.name, &resolved.repo.access()?)?;
+        let repo = Repo::open(storage_of(resolved)?, &resolved.name, &resolved.repo.access()?)?;
+        if let Some(honoured) = resolved.repo.conditional_create {
+            repo.storage().set_exclusive_create(honoured);
+        }
         Ok(Stanza { config: resolved.clone(), repo })
     }
 
@@ -48,29 +51,54 @@ impl Stanza {
     }
 
     /// Takes the stanza's lock for `command` (one backup, expire or stanza-delete at a time).
-    pub fn lock(&self, command: &str) -> Result<StanzaLock> {
-        lock(&self.config, command)
+    pub fn lock(&self, command: &str) -> Result<Box<dyn Held>> {
+        lock_storage(self.storage_arc(), self.name(), command)
     }
 
     /// Leases `sets` for `command` (a mount or verify), so expire keeps them.
-    pub fn lease(&self, command: &str, sets: Vec<SetLabel>) -> Result<SetLease> {
-        SetLease::take(&self.config.repo.path, self.name(), command, sets)
+    pub fn lease(&self, command: &str, sets: Vec<SetLabel>) -> Result<Box<dyn Held>> {
+        let info = LeaseInfo::new(command, sets);
+        let key = self.layout().lease(&info.name());
+        self.storage_arc().lease(&key, &info.seal(&key))
     }
 
-    /// The leases held now.
+    /// The leases held now (damaged ones are errors: they might protect a set).
     pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
-        SetLease::held(&self.config.repo.path, self.name())
+        self.storage().leases(&self.layout().leases())?.iter().map(|stored| LeaseInfo::open(stored)).collect()
     }
 }
 
-/// The storage of a stanza's repository.
-pub fn storage_of(resolved: &Resolved) -> Arc<dyn Storage> {
-    Arc::new(LocalStorage::new(&resolved.repo.path))
+/// The storage of the stanza's chosen repository.
+pub fn storage_of(resolved: &Resolved) -> Result<Arc<dyn Storage>> {
+    let repo = &resolved.repo;
+    Ok(match repo.kind {
+        RepoKind::Posix => Arc::new(LocalStorage::new(&repo.path)),
+        RepoKind::S3 => Arc::new(S3Storage::new(&S3Settings {
+            endpoint: repo.endpoint.clone().unwrap_or_default(),
+            bucket: repo.bucket.clone().unwrap_or_default(),
+            region: repo.region.clone(),
+            prefix: repo.prefix.clone(),
+            host_style: repo.uri_style == UriStyle::Host,
+            verify_tls: repo.verify_tls,
+            ca_file: repo.ca_file.clone(),
+            credentials: repo.s3_credentials()?,
+        })?),
+    })
 }
 
 /// Takes the lock of the stanza `resolved` names, before (or without) opening it.
-pub fn lock(resolved: &Resolved, command: &str) -> Result<StanzaLock> {
-    StanzaLock::acquire(&lock_path(&resolved.repo.path, &resolved.name), &resolved.name, command)
+pub fn lock(resolved: &Resolved, command: &str) -> Result<Box<dyn Held>> {
+    lock_storage(storage_of(resolved)?, &resolved.name, command)
+}
+
+fn lock_storage(storage: Arc<dyn Storage>, stanza: &str, command: &str) -> Result<Box<dyn Held>> {
+    let holder = format!(
+        "{command} (pid {} on {}, since {})",
+        std::process::id(),
+        crate::repo::lease::hostname(),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    storage.lock(&Layout::new(stanza).lock(), &holder)
 }
 
 /// Refuses a server that does not serve the stanza's data directory or cluster.
@@ -99,11 +127,6 @@ pub fn check_server(session: &Session, data: &DataDir, system_identifier: u64) -
         ));
     }
     Ok(())
-}
-
-/// The lock file of a stanza in a local repository.
-fn lock_path(repo: &Path, stanza: &str) -> PathBuf {
-    repo.join(stanza).join("lock")
 }
 
 /// How to reach the stanza's server: configured socket, else the one in postmaster.pid, else the

@@ -396,6 +396,7 @@ macro_rules! on_each_version {
 }
 
 pub mod heartbeat;
+pub mod s3;
 pub mod scenarios;
 
 /// A repository directory and configuration for a cluster, for the backup commands.
@@ -432,6 +433,12 @@ impl RepoSetup {
         let config = dir.path().join("pgfork.toml");
         std::fs::write(&config, text).unwrap();
         RepoSetup { dir, config, passphrase: passphrase.map(str::to_string) }
+    }
+
+    /// Appends `text` to the configuration: lines of the stanza (its table is the last), then any
+    /// further tables.
+    pub fn append_config(&self, text: &str) {
+        append(&self.config, text);
     }
 
     /// Turns archiving into this repository on in `cluster`'s configuration (before it starts).

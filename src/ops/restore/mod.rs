@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::Resolved;
 use crate::error::{Error, IoContext, Result};
-use crate::ops::identity::become_owner_of;
+use crate::ops::identity::become_repository_user;
 use crate::ops::restore::target::Destination;
 use crate::ops::restore::write::{Counts, FileWriter, LiveHint, prepare_file, slices_of};
 use crate::pg::backup_label::tablespace_map;
@@ -86,7 +86,7 @@ pub struct RestoreReport {
 /// Restores a set into `opts.data`.
 pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
     let started = Instant::now();
-    become_owner_of(&resolved.repo.path)?;
+    become_repository_user(resolved)?;
     let stanza = Stanza::open(resolved)?;
     let (manifest, plan) = set_and_plan(&stanza, opts.set.as_ref(), opts.recovery.as_ref())?;
     // Refusals come before the dry run returns: a plan for a directory that cannot take it is no plan.

@@ -137,7 +137,7 @@ pub fn verify(
             timeline: TargetTimeline::Current,
         },
     };
-    let owner = default_owner(&resolved.repo.path)?;
+    let owner = default_owner(resolved)?;
     let user = match &resolved.stanza.user {
         Some(user) => user.clone(),
         None => nix::unistd::User::from_uid(owner.uid.into())

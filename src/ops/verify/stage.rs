@@ -15,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::mount::fs::Owner;
 use crate::mount::session::{Mounted, unmount_path};
 use crate::ops::verify::server::Server;
-use crate::repo::lease::SetLease;
+use crate::repo::storage::Held;
 use crate::util::fsx;
 
 /// The directories and mounts of one verification.
@@ -26,7 +26,7 @@ pub struct Stage {
     pub server: Option<Server>,
     overlay: bool,
     mounted: Option<Mounted>,
-    lease: Option<SetLease>,
+    lease: Option<Box<dyn Held>>,
     keep_dir: bool,
 }
 
@@ -114,7 +114,7 @@ impl Stage {
 
     /// Keeps the lease on the sets until the stage is torn down: expire must not remove them
     /// while the server still runs on them.
-    pub fn hold_lease(&mut self, lease: Option<SetLease>) {
+    pub fn hold_lease(&mut self, lease: Option<Box<dyn Held>>) {
         self.lease = lease;
     }
 

@@ -9,8 +9,10 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use crate::error::{Error, IoContext, Result};
-use crate::repo::storage::{ObjectMeta, Storage};
+use crate::repo::storage::{Held, ObjectMeta, Storage, local_lock};
 use crate::util::fsx;
 
 /// Mode of the files of a repository.
@@ -26,6 +28,8 @@ pub struct LocalStorage {
     root: PathBuf,
     /// Who new files and directories belong to, when running as root.
     owner: Option<(u32, u32)>,
+    /// Bytes read by gets.
+    fetched: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LocalStorage {
@@ -33,7 +37,7 @@ impl LocalStorage {
     /// the owner of `root` (or of its nearest existing ancestor).
     pub fn new(root: &Path) -> LocalStorage {
         let owner = nix::unistd::Uid::effective().is_root().then(|| owner_of_nearest(root)).flatten();
-        LocalStorage { root: root.to_path_buf(), owner }
+        LocalStorage { root: root.to_path_buf(), owner, fetched: Default::default() }
     }
 
     /// The repository directory.
@@ -41,14 +45,14 @@ impl LocalStorage {
         &self.root
     }
 
-    fn path(&self, key: &str) -> Result<PathBuf> {
+    pub(super) fn path(&self, key: &str) -> Result<PathBuf> {
         if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
             return Err(Error::invalid(format!("repository key {key:?}"), "not a plain relative name"));
         }
         Ok(self.root.join(key))
     }
 
-    fn give(&self, path: &Path) -> Result<()> {
+    pub(super) fn give(&self, path: &Path) -> Result<()> {
         match self.owner {
             Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)).at("chown", path),
             None => Ok(()),
@@ -57,7 +61,7 @@ impl LocalStorage {
 
     /// Creates the directories above `path` that are missing, durably: each new entry is synced
     /// in its parent.
-    fn make_parents(&self, path: &Path) -> Result<()> {
+    pub(super) fn make_parents(&self, path: &Path) -> Result<()> {
         let parent = path.parent().unwrap_or(&self.root);
         if parent.is_dir() {
             return Ok(());
@@ -144,7 +148,10 @@ impl Storage for LocalStorage {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(key)?;
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
+            Ok(bytes) => {
+                self.fetched.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(bytes))
+            }
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(Error::io("read", path, e)),
         }
@@ -155,6 +162,7 @@ impl Storage for LocalStorage {
         let file = File::open(&path).at("open", &path)?;
         let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Error::invalid(key, "range too large"))?];
         file.read_exact_at(&mut buf, offset).at("read", &path)?;
+        self.fetched.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
         Ok(buf)
     }
 
@@ -223,6 +231,22 @@ impl Storage for LocalStorage {
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path(key).ok()
+    }
+
+    fn fetched_bytes(&self) -> u64 {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(self: Arc<Self>, key: &str, holder: &str) -> Result<Box<dyn Held>> {
+        local_lock::lock(&self, &self.path(key)?, holder)
+    }
+
+    fn lease(self: Arc<Self>, key: &str, record: &[u8]) -> Result<Box<dyn Held>> {
+        local_lock::lease(&self, &self.path(key)?, record)
+    }
+
+    fn leases(&self, prefix: &str) -> Result<Vec<Vec<u8>>> {
+        local_lock::leases(&self.root.join(prefix.trim_end_matches('/')))
     }
 
     fn remove_stale(&self, prefix: &str) -> Result<u64> {

@@ -12,14 +12,27 @@
 //!   manifest its commit point: it is put last, and a set without one is garbage that the next
 //!   locked run removes.
 
+mod expiring;
 mod local;
+mod local_lock;
+mod runtime;
+mod s3;
 
 pub use local::LocalStorage;
+pub use s3::{S3Settings, S3Storage};
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::Result;
+
+/// A lock or lease held until dropped.
+pub trait Held: Send {
+    /// An error when the hold was lost (taken over after it expired unrefreshed): whoever holds it
+    /// must not commit anything after that.
+    fn check(&self) -> Result<()>;
+}
 
 /// An object as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,4 +83,35 @@ pub trait Storage: Send + Sync {
     fn size(&self, prefix: &str) -> Result<u64> {
         Ok(self.list(prefix)?.iter().map(|o| o.size).sum())
     }
+
+    /// Several byte ranges of one object, in the order asked (a store may fetch neighbouring
+    /// ranges in one request).
+    fn get_ranges(&self, key: &str, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        ranges.iter().map(|(offset, len)| self.get_range(key, *offset, *len)).collect()
+    }
+
+    /// Finds out whether the store honours exclusive create on its own (S3's `If-None-Match: *`);
+    /// `None` where the question does not arise (a directory has `link(2)`).
+    fn probe_exclusive_create(&self) -> Result<Option<bool>> {
+        Ok(None)
+    }
+
+    /// Tells the store whether its exclusive create can be relied on (what the probe recorded);
+    /// without it a store uses a protocol that is safe either way.
+    fn set_exclusive_create(&self, _honoured: bool) {}
+
+    /// Stored bytes read so far by this process (gets and ranged gets).
+    fn fetched_bytes(&self) -> u64;
+
+    /// Takes the exclusive lock at `key` for `holder` (a description shown to whoever is refused),
+    /// or refuses naming the current holder. The lock is held until the guard drops; a process
+    /// that dies loses it (a local lock at once, an object lock once its lease expires).
+    fn lock(self: Arc<Self>, key: &str, holder: &str) -> Result<Box<dyn Held>>;
+
+    /// Leases `key` with `record` (what the lease says) until the guard drops; a process that dies
+    /// loses it as a lock does.
+    fn lease(self: Arc<Self>, key: &str, record: &[u8]) -> Result<Box<dyn Held>>;
+
+    /// The records of the leases under `prefix` held now; leases whose holder died are removed.
+    fn leases(&self, prefix: &str) -> Result<Vec<Vec<u8>>>;
 }

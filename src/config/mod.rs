@@ -17,22 +17,22 @@
 //! port = 5432
 //! socket = "/var/run/postgresql"
 //! snapshot = false                # scan a reflink snapshot instead of the live files
+//! repo = "main"                   # or repos = ["main", "offsite"]; see config/repo.rs for S3
 //! ```
 
+mod repo;
+
+pub use repo::{CipherKind, PASSPHRASE_ENV, RepoConfig, RepoKind, RetentionType, S3Credentials, UriStyle};
+
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, IoContext, Result};
-use crate::repo::codec::Compression;
-use crate::repo::crypto::Passphrase;
+use crate::error::{Error, Result};
 
 /// Where the configuration is read from when neither `--config` nor `PGFORK_CONFIG` says.
 pub const DEFAULT_CONFIG: &str = "/etc/pgfork/pgfork.toml";
-/// The environment variable holding the passphrase (unless a repository names a file).
-pub const PASSPHRASE_ENV: &str = "PGFORK_PASSPHRASE";
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -47,67 +47,6 @@ pub struct Config {
     /// The file this was read from.
     #[serde(skip)]
     pub source: Option<PathBuf>,
-}
-
-/// How full backups are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum RetentionType {
-    /// Keep the newest `retention_full` full backups.
-    #[default]
-    Count,
-    /// Keep full backups younger than `retention_full` days (and always the newest).
-    Time,
-}
-
-/// Encryption of a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-pub enum CipherKind {
-    /// No encryption.
-    #[serde(rename = "none")]
-    #[default]
-    None,
-    /// AES-256-GCM.
-    #[serde(rename = "aes-256-gcm")]
-    Aes256Gcm,
-}
-
-impl CipherKind {
-    /// The name the configuration uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            CipherKind::None => "none",
-            CipherKind::Aes256Gcm => "aes-256-gcm",
-        }
-    }
-}
-
-/// One repository.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepoConfig {
-    /// Directory of the repository.
-    pub path: PathBuf,
-    /// Count or time.
-    #[serde(default)]
-    pub retention_full_type: RetentionType,
-    /// Full backups to keep (count) or days to keep them (time).
-    #[serde(default = "default_retention_full")]
-    pub retention_full: u32,
-    /// Differential backups to keep; all when absent.
-    pub retention_diff: Option<u32>,
-    /// Encryption.
-    #[serde(default)]
-    pub cipher: CipherKind,
-    /// Compression.
-    #[serde(default)]
-    pub compression: Compression,
-    /// A file holding the passphrase (mode 0600 or stricter).
-    pub passphrase_file: Option<PathBuf>,
-}
-
-fn default_retention_full() -> u32 {
-    2
 }
 
 /// One stanza: a cluster and the repository it backs up to.
@@ -127,6 +66,9 @@ pub struct StanzaConfig {
     pub bindir: Option<PathBuf>,
     /// Repository name [default: the only one].
     pub repo: Option<String>,
+    /// Several repositories, as pgBackRest's repo1, repo2: backups go to the first unless
+    /// `--repo` names another, WAL goes to every one, archive-get takes the first that has it.
+    pub repos: Option<Vec<String>>,
     /// Scan a reflink snapshot of the data directory (memory-mapped) instead of reading the live
     /// files with pread. The snapshot gives each file a single point in time, but its pages are not
     /// in the page cache: on a cached cluster reading it costs several times the live read.
@@ -151,6 +93,34 @@ pub struct Resolved {
     pub repo_name: String,
     /// The repository's settings.
     pub repo: RepoConfig,
+    /// Every repository of the stanza, in order (the chosen one among them).
+    pub repos: Vec<(String, RepoConfig)>,
+}
+
+impl Resolved {
+    /// The same stanza with repository `name` chosen (the first when `None`); refused when the
+    /// stanza does not use it.
+    pub fn with_repo(mut self, name: Option<&str>) -> Result<Resolved> {
+        let Some(name) = name else { return Ok(self) };
+        let (repo_name, repo) = self.repos.iter().find(|(n, _)| n == name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = self.repos.iter().map(|(n, _)| n.as_str()).collect();
+            Error::refused(
+                format!("stanza {} does not use repository {name}", self.name),
+                Some(format!("pass --repo with one of: {}", names.join(", "))),
+            )
+        })?;
+        self.repo_name = repo_name;
+        self.repo = repo;
+        Ok(self)
+    }
+
+    /// One resolution per repository of the stanza, in order.
+    pub fn each_repo(&self) -> Vec<Resolved> {
+        self.repos
+            .iter()
+            .map(|(name, repo)| Resolved { repo_name: name.clone(), repo: repo.clone(), ..self.clone() })
+            .collect()
+    }
 }
 
 impl Config {
@@ -202,20 +172,35 @@ impl Config {
                 _ => return Err(Error::refused("several stanzas are configured", Some(self.stanza_hint()))),
             },
         };
-        let repo_name = match &stanza.repo {
-            Some(repo) => repo.clone(),
-            None if self.repo.len() == 1 => self.repo.keys().next().expect("one repo").clone(),
-            None => {
+        let names: Vec<String> = match (&stanza.repo, &stanza.repos) {
+            (Some(_), Some(_)) => {
+                return Err(Error::refused(
+                    format!("stanza {name} sets both repo and repos"),
+                    Some("keep one: repos = [\"first\", \"second\"] lists several".into()),
+                ));
+            }
+            (Some(repo), None) => vec![repo.clone()],
+            (None, Some(repos)) if !repos.is_empty() => repos.clone(),
+            (None, _) if self.repo.len() == 1 => self.repo.keys().cloned().collect(),
+            (None, _) => {
                 return Err(Error::refused(
                     format!("stanza {name} names no repository and {} are configured", self.repo.len()),
                     Some("set repo = \"NAME\" in the stanza".into()),
                 ));
             }
         };
-        let repo = self.repo.get(&repo_name).cloned().ok_or_else(|| {
-            Error::refused(format!("repository {repo_name} of stanza {name} is not configured"), None)
-        })?;
-        Ok(Resolved { config_path: self.source.clone(), name, stanza, repo_name, repo })
+        let mut repos = Vec::new();
+        for repo_name in names {
+            let repo = self.repo.get(&repo_name).cloned().ok_or_else(|| {
+                Error::refused(format!("repository {repo_name} of stanza {name} is not configured"), None)
+            })?;
+            repo.validate(&repo_name)?;
+            repos.push((repo_name, repo));
+        }
+        let Some((repo_name, repo)) = repos.first().cloned() else {
+            return Err(Error::refused(format!("stanza {name} has no repository"), None));
+        };
+        Ok(Resolved { config_path: self.source.clone(), name, stanza, repo_name, repo, repos })
     }
 
     fn stanza_hint(&self) -> String {
@@ -224,43 +209,11 @@ impl Config {
     }
 }
 
-impl RepoConfig {
-    /// What opening a stanza of this repository needs: the configured cipher and, when encrypted,
-    /// the passphrase.
-    pub fn access(&self) -> Result<crate::repo::handle::Access> {
-        Ok(crate::repo::handle::Access { cipher: self.cipher, passphrase: self.passphrase()? })
-    }
-
-    /// The passphrase for an encrypted repository: from `passphrase_file` (which must not be
-    /// readable by group or others) or `PGFORK_PASSPHRASE`; `None` for an unencrypted one.
-    pub fn passphrase(&self) -> Result<Option<Passphrase>> {
-        if self.cipher == CipherKind::None {
-            return Ok(None);
-        }
-        if let Some(file) = &self.passphrase_file {
-            let meta = std::fs::metadata(file).at("stat", file)?;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(Error::refused(
-                    format!("passphrase file {} is readable by other users", file.display()),
-                    Some(format!("chmod 600 {}", file.display())),
-                ));
-            }
-            let text = std::fs::read_to_string(file).at("read", file)?;
-            return Ok(Some(Passphrase::new(text.trim_end_matches(['\n', '\r']))));
-        }
-        match std::env::var(PASSPHRASE_ENV) {
-            Ok(text) if !text.is_empty() => Ok(Some(Passphrase::new(text))),
-            _ => Err(Error::refused(
-                "the repository is encrypted and no passphrase is set",
-                Some(format!("set {PASSPHRASE_ENV} or passphrase_file in the repository's configuration")),
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::codec::Compression;
+    use std::os::unix::fs::PermissionsExt;
 
     const SAMPLE: &str = r#"
         [repo.main]
