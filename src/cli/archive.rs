@@ -21,9 +21,9 @@ pub struct PushArgs {
 impl PushArgs {
     /// Pushes the file; exit 0 only once it is durable.
     pub fn run(self) -> anyhow::Result<()> {
-        let resolved = self.repo.resolve()?;
+        let targets = self.repo.each_target()?;
         let report =
-            archive_push(&resolved, &self.path).with_context(|| format!("archive-push {}", self.path.display()))?;
+            archive_push(&targets, &self.path).with_context(|| format!("archive-push {}", self.path.display()))?;
         if report.already_archived {
             eprintln!("pgfork: {} was already archived with the same content", report.name);
         }
@@ -61,14 +61,14 @@ impl GetArgs {
     /// rather than end it early and promote without the rest of the WAL.
     pub fn run(self) -> anyhow::Result<()> {
         let abort = |error: anyhow::Error| Exit { code: EXIT_ABORT_RECOVERY, error };
-        let resolved = self.repo.resolve().map_err(abort)?;
         if let (Some(after), Some(spool)) = (&self.prefetch_after, &self.spool) {
-            return Ok(prefetch(&resolved, after, spool)?);
+            return Ok(prefetch(&self.repo.resolve()?, after, spool)?);
         }
+        let targets = self.repo.each_target().map_err(abort)?;
         let (Some(name), Some(dest)) = (self.name, self.dest) else {
             anyhow::bail!("archive-get needs the file name (%f) and the destination (%p)");
         };
-        let fetched = archive_get(&resolved, &name, &dest, !self.no_prefetch)
+        let fetched = archive_get(&targets, &name, &dest, !self.no_prefetch)
             .with_context(|| format!("archive-get {name}"))
             .map_err(abort)?;
         anyhow::ensure!(fetched == Fetched::Found, "{name} is not in the archive");

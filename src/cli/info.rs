@@ -26,18 +26,35 @@ pub struct InfoArgs {
 impl InfoArgs {
     /// Prints the stanza's state.
     pub fn run(self) -> anyhow::Result<()> {
-        let resolved = self.repo.resolve()?;
-        let report = info(&resolved, self.set.as_ref()).with_context(|| format!("info of stanza {}", resolved.name))?;
-        match self.output {
-            Output::Json => super::print_json(&report)?,
-            Output::Text => print!("{}", render(&report)),
+        let targets = self.repo.each_target()?;
+        let mut reports = Vec::new();
+        for resolved in &targets {
+            let report = info(resolved, self.set.as_ref())
+                .with_context(|| format!("info of stanza {} in repository {}", resolved.name, resolved.repo_name))?;
+            reports.push(report);
         }
-        anyhow::ensure!(
-            report.healthy,
-            "stanza {} has unreadable objects: {}",
-            report.stanza,
-            report.errors.join("; ")
-        );
+        match (self.output, reports.as_slice()) {
+            // One repository: its report; several: one report each, in order.
+            (Output::Json, [one]) => super::print_json(one)?,
+            (Output::Json, all) => super::print_json(&all)?,
+            (Output::Text, all) => {
+                for report in all {
+                    if all.len() > 1 {
+                        println!("repository {} ({})", report.repo, report.location);
+                    }
+                    print!("{}", render(report));
+                }
+            }
+        }
+        for report in &reports {
+            anyhow::ensure!(
+                report.healthy,
+                "stanza {} has unreadable objects in repository {}: {}",
+                report.stanza,
+                report.repo,
+                report.errors.join("; ")
+            );
+        }
         Ok(())
     }
 }

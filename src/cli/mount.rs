@@ -58,7 +58,7 @@ impl MountArgs {
         let config = Config::load(self.repo.config.as_deref())?;
         let scope = if self.set.is_some() || recovery.is_some() {
             Scope::DataDir(Box::new(DataDirRequest {
-                resolved: config.resolve(self.repo.stanza.as_deref())?,
+                resolved: config.resolve(self.repo.stanza.as_deref())?.with_repo(self.repo.repo.as_deref())?,
                 set: self.set.clone(),
                 recovery,
                 extra_settings: Vec::new(),
@@ -70,14 +70,28 @@ impl MountArgs {
                 None => config.stanza.keys().cloned().collect(),
             };
             anyhow::ensure!(!names.is_empty(), "the configuration has no stanza");
-            Scope::Repository(names.iter().map(|n| config.resolve(Some(n))).collect::<crate::Result<Vec<_>>>()?)
+            let repo = self.repo.repo.as_deref();
+            Scope::Repository(
+                names.iter().map(|n| config.resolve(Some(n))?.with_repo(repo)).collect::<crate::Result<Vec<_>>>()?,
+            )
         };
         let owner = self.owner.as_deref().map(lookup_owner).transpose()?;
         let prepared = prepare(&scope, owner, self.cache_mib * 1024 * 1024)
             .with_context(|| format!("mount at {}", self.mountpoint.display()))?;
         let json = self.json;
-        serve(prepared, &self.mountpoint, &signals, started, |report| print_mounted(report, json))
-            .with_context(|| format!("mount at {}", self.mountpoint.display()))
+        let stats = serve(prepared, &self.mountpoint, &signals, started, |report| print_mounted(report, json))
+            .with_context(|| format!("mount at {}", self.mountpoint.display()))?;
+        if json {
+            super::print_json(&stats)?;
+        } else {
+            println!(
+                "unmounted {} after {:.0} s: {} fetched from the repository",
+                stats.mountpoint.display(),
+                stats.seconds,
+                crate::util::human_bytes(stats.bytes_fetched)
+            );
+        }
+        Ok(())
     }
 }
 

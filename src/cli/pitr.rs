@@ -136,9 +136,9 @@ pub struct CheckArgs {
 impl CheckArgs {
     /// Runs the check; problems make the exit code 1.
     pub fn run(self) -> anyhow::Result<()> {
-        let resolved = self.repo.resolve()?;
-        let report = check(&resolved, Duration::from_secs(self.timeout))
-            .with_context(|| format!("check of stanza {}", resolved.name))?;
+        let targets = self.repo.each_target()?;
+        let report = check(&targets, Duration::from_secs(self.timeout))
+            .with_context(|| format!("check of stanza {}", targets.first().map_or("", |t| t.name.as_str())))?;
         if self.json {
             super::print_json(&report)?;
         } else {

@@ -23,6 +23,13 @@ impl RepoArgs {
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
         Ok(Config::load(self.config.as_deref())?.resolve(self.stanza.as_deref())?.with_repo(self.repo.as_deref())?)
     }
+
+    /// The repositories an operation on every repository works on: the one `--repo` names, else
+    /// each of the stanza's, in order.
+    pub fn each_target(&self) -> anyhow::Result<Vec<Resolved>> {
+        let resolved = self.resolve()?;
+        Ok(if self.repo.is_some() { vec![resolved] } else { resolved.each_repo() })
+    }
 }
 
 /// Output format of reports.

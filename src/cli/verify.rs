@@ -128,6 +128,11 @@ pub fn render(r: &VerifyReport) -> String {
         out.push_str(&format!("  failure        {}\n", failure.replace('\n', "\n      ")));
     }
     out.push_str(&format!("  local disk     {} written by the server\n", human_bytes(r.local_disk_bytes)));
+    out.push_str(&format!(
+        "  repository     {} fetched of the set's {}\n",
+        human_bytes(r.repository_bytes_fetched),
+        human_bytes(r.repository_set_bytes)
+    ));
     let steps: Vec<String> = r.steps.iter().map(|s| format!("{} {:.2} s", s.name, s.ms / 1000.0)).collect();
     out.push_str(&format!("  steps          {}\n", steps.join(", ")));
     out.push_str(&format!("  total          {:.2} s\n", r.duration_ms / 1000.0));

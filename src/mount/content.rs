@@ -107,6 +107,11 @@ impl ContentReader {
         &self.stanzas
     }
 
+    /// Stored bytes fetched from the repositories so far.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.stanzas.iter().map(|s| s.storage().fetched_bytes()).sum()
+    }
+
     /// Reads failed so far.
     pub fn failures(&self) -> Vec<ReadFailure> {
         self.failures.lock().expect("failures lock").clone()
@@ -218,23 +223,50 @@ impl ContentReader {
         let entry = &manifest.files[index];
         let start = entry.extents.partition_point(|e| e.offset + e.len <= end);
         let mut ahead = 0;
-        for extent in &entry.extents[start..] {
+        // The runs to fetch, claimed (marked loading) so no other thread fetches them too, by pack.
+        let mut by_pack: HashMap<(SetLabel, u32), Vec<RunRef>> = HashMap::new();
+        let mut cache = self.cache.lock().expect("cache lock");
+        for extent in entry.extents.get(start..).unwrap_or_default() {
             if ahead >= READAHEAD {
                 break;
             }
             ahead += extent.len;
             let Some(run) = &extent.run else { continue };
             let key = run_key(stanza, run);
-            let cache = self.cache.lock().expect("cache lock");
             if cache.entries.contains(&key) || cache.loading.contains(&key) {
                 continue;
             }
-            drop(cache);
-            let this = Arc::clone(self);
-            let (run, path) = (run.clone(), entry.path.clone());
-            // A failure here is reported when the reader gets to it.
-            self.pool.spawn(move || drop(this.run(stanza, &run, &path)));
+            cache.loading.insert(key);
+            by_pack.entry((run.set.clone(), run.pack)).or_default().push(run.clone());
         }
+        drop(cache);
+        for runs in by_pack.into_values() {
+            let this = Arc::clone(self);
+            let path = entry.path.clone();
+            // One request for the neighbouring runs of a pack; a failure here is reported when
+            // the reader gets to the run.
+            self.pool.spawn(move || this.fetch_runs(stanza, &runs, &path));
+        }
+    }
+
+    /// Fetches claimed `runs` of one pack together (the store coalesces neighbouring ranges),
+    /// decodes each into the cache and releases the claims.
+    fn fetch_runs(&self, stanza: usize, runs: &[RunRef], path: &str) {
+        let repo = &self.stanzas[stanza];
+        let decoded: Vec<Option<Vec<u8>>> = match repo.runs().read_many(runs, path) {
+            Ok(all) => all.into_iter().map(Result::ok).collect(),
+            Err(_) => runs.iter().map(|_| None).collect(),
+        };
+        let mut cache = self.cache.lock().expect("cache lock");
+        for (run, plain) in runs.iter().zip(decoded) {
+            let key = run_key(stanza, run);
+            cache.loading.remove(&key);
+            if let Some(plain) = plain {
+                cache.put(key, Arc::new(plain));
+            }
+        }
+        drop(cache);
+        self.loaded.notify_all();
     }
 
     fn run(&self, stanza: usize, run: &RunRef, path: &str) -> Result<Arc<Vec<u8>>> {

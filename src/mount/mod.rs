@@ -155,6 +155,21 @@ pub struct MountReport {
     pub mount_ms: f64,
     /// The mounting process.
     pub pid: u32,
+    /// Bytes fetched from the repositories so far (manifests and what was read ahead).
+    pub bytes_fetched: u64,
+}
+
+/// What a mount did, once unmounted.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountStats {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// Bytes fetched from the repositories while mounted.
+    pub bytes_fetched: u64,
+    /// Reads that failed (corrupt or missing runs), by file.
+    pub read_failures: Vec<content::ReadFailure>,
+    /// Seconds mounted.
+    pub seconds: f64,
 }
 
 /// Mounts `prepared` at `mountpoint` and serves it until a termination signal arrives (then
@@ -165,19 +180,28 @@ pub fn serve(
     signals: &Receiver<nix::sys::signal::Signal>,
     started: Instant,
     ready: impl FnOnce(&MountReport),
-) -> Result<()> {
+) -> Result<MountStats> {
     let report = MountReport {
         mountpoint: std::path::absolute(mountpoint).map_err(|e| Error::io("resolve", mountpoint, e))?,
         set: prepared.manifest.as_ref().map(|m| m.label.clone()),
         plan: prepared.plan.clone(),
         mount_ms: 0.0,
         pid: std::process::id(),
+        bytes_fetched: 0,
     };
     // The lease lives as long as the mount.
     let _lease = prepared.lease;
+    let reader = Arc::clone(&prepared.reader);
     let mounted = session::mount(prepared.fs, mountpoint)?;
-    ready(&MountReport { mount_ms: ms_since(started), ..report });
-    wait_for_end(mounted, signals)
+    let mounted_at = Instant::now();
+    ready(&MountReport { mount_ms: ms_since(started), bytes_fetched: reader.bytes_fetched(), ..report.clone() });
+    wait_for_end(mounted, signals)?;
+    Ok(MountStats {
+        mountpoint: report.mountpoint,
+        bytes_fetched: reader.bytes_fetched(),
+        read_failures: reader.failures(),
+        seconds: mounted_at.elapsed().as_secs_f64(),
+    })
 }
 
 /// Waits until `mounted` is unmounted from outside, or a signal asks to unmount it.

@@ -43,22 +43,46 @@ pub struct PushReport {
     pub already_archived: bool,
 }
 
-/// Pushes the WAL file at `path` into the stanza's archive.
-pub fn archive_push(resolved: &Resolved, path: &Path) -> Result<PushReport> {
-    act_as_repository_owner(resolved)?;
+/// Pushes the WAL file at `path` into the archive of the stanza in every repository of
+/// `targets` (all of the stanza's, or the one named), in parallel; succeeds only when every one
+/// holds it durably.
+pub fn archive_push(targets: &[Resolved], path: &Path) -> Result<PushReport> {
+    let Some(first) = targets.first() else { return Err(Error::refused("no repository to push to", None)) };
+    act_as_repository_owner(first)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::invalid(path.display().to_string(), "no file name"))?;
     let (kind, _) = classify(&name)
         .ok_or_else(|| Error::refused(format!("{name} is not a WAL segment, history, partial or backup file"), None))?;
-    let stanza = Stanza::open(resolved)?;
     let bytes = std::fs::read(path).at("read", path)?;
-    if matches!(kind, WalFileKind::Segment | WalFileKind::Partial) {
-        check_segment_cluster(&name, &bytes, stanza.record())?;
+    let push = |resolved: &Resolved| -> Result<PushOutcome> {
+        let stanza = Stanza::open(resolved)?;
+        if matches!(kind, WalFileKind::Segment | WalFileKind::Partial) {
+            check_segment_cluster(&name, &bytes, stanza.record())?;
+        }
+        stanza.archive().push(&name, &bytes)
+    };
+    let outcomes: Vec<Result<PushOutcome>> = if targets.len() == 1 {
+        vec![push(first)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = targets.iter().map(|t| scope.spawn(move || push(t))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::invalid("archive-push", "a push thread panicked"))))
+                .collect()
+        })
+    };
+    let mut already_archived = true;
+    for (target, outcome) in targets.iter().zip(outcomes) {
+        match outcome {
+            Ok(outcome) => already_archived &= outcome == PushOutcome::AlreadyArchived,
+            Err(e) if targets.len() == 1 => return Err(e),
+            Err(e) => return Err(Error::invalid(format!("repository {}", target.repo_name), e.to_string())),
+        }
     }
-    let outcome = stanza.archive().push(&name, &bytes)?;
-    Ok(PushReport { name, size: bytes.len() as u64, already_archived: outcome == PushOutcome::AlreadyArchived })
+    Ok(PushReport { name, size: bytes.len() as u64, already_archived })
 }
 
 /// Refuses a segment whose long page header names another cluster than the stanza's.
@@ -86,32 +110,51 @@ pub enum Fetched {
     Absent,
 }
 
-/// Fetches `name` into `dest`, from the prefetch spool when a checked copy waits there, else from
-/// the repository; starts a prefetcher for the segments after it. Every error other than absence
-/// (a damaged object, a wrong passphrase, an unreachable repository) is an `Err`, which the
-/// command line turns into an exit status that makes PostgreSQL abort recovery instead of ending
-/// it early.
-pub fn archive_get(resolved: &Resolved, name: &str, dest: &Path, prefetch: bool) -> Result<Fetched> {
+/// Fetches `name` into `dest` from the first repository of `targets` that has it — from the
+/// prefetch spool when a checked copy waits there, else from the repository — and starts a
+/// prefetcher for the segments after it. Absent everywhere is [`Fetched::Absent`]; any other
+/// failure (a damaged object, a wrong passphrase, an unreachable repository) in a repository that
+/// is not followed by a find in the next is an `Err`, which the command line turns into an exit
+/// status that makes PostgreSQL abort recovery instead of ending it early.
+pub fn archive_get(targets: &[Resolved], name: &str, dest: &Path, prefetch: bool) -> Result<Fetched> {
     if nix::unistd::Uid::effective().is_root() {
         // The fetched file belongs to whoever owns the directory it goes to (PostgreSQL's pg_wal).
         become_owner_of(dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     }
+    let mut failure = None;
+    for resolved in targets {
+        match fetch_from(resolved, name, dest) {
+            Ok(Some(spool)) => {
+                if prefetch {
+                    start_prefetcher(resolved, name, &spool);
+                }
+                return Ok(Fetched::Found);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("archive-get {name} from repository {}: {e}", resolved.repo_name);
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match failure {
+        None => Ok(Fetched::Absent),
+        Some(e) => Err(e),
+    }
+}
+
+/// Fetches `name` from one repository into `dest`; returns its spool directory when found.
+fn fetch_from(resolved: &Resolved, name: &str, dest: &Path) -> Result<Option<PathBuf>> {
     let storage = storage_of(resolved)?;
     let record = StanzaRecord::require(storage.as_ref(), &Layout::new(&resolved.name))?;
     let spool = Spool::of(dest, resolved, storage.location(), &record);
     if spool.take(name, dest, &record)? {
-        if prefetch {
-            start_prefetcher(resolved, name, &spool.dir);
-        }
-        return Ok(Fetched::Found);
+        return Ok(Some(spool.dir));
     }
     let stanza = Stanza::open(resolved)?;
-    let Some(bytes) = stanza.archive().get(name)? else { return Ok(Fetched::Absent) };
+    let Some(bytes) = stanza.archive().get(name)? else { return Ok(None) };
     write_replace(dest, &bytes)?;
-    if prefetch {
-        start_prefetcher(resolved, name, &spool.dir);
-    }
-    Ok(Fetched::Found)
+    Ok(Some(spool.dir))
 }
 
 /// The prefetcher's work: fetch up to [`PREFETCH`] segments after `after` into `spool`, skipping
@@ -220,7 +263,9 @@ fn start_prefetcher(resolved: &Resolved, name: &str, spool: &Path) {
         .arg("--spool")
         .arg(spool)
         .arg("--stanza")
-        .arg(&resolved.name);
+        .arg(&resolved.name)
+        .arg("--repo")
+        .arg(&resolved.repo_name);
     if let Some(config) = &resolved.config_path {
         cmd.arg("--config").arg(config);
     }

@@ -32,11 +32,14 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
-/// Checks archiving of the stanza's running cluster, waiting up to `timeout` for a switched segment.
-pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
+/// Checks archiving of the stanza's running cluster, waiting up to `timeout` for a switched segment
+/// to reach every repository of `targets`.
+pub fn check(targets: &[Resolved], timeout: Duration) -> Result<CheckReport> {
+    let Some(resolved) = targets.first() else { return Err(crate::Error::refused("no repository to check", None)) };
     let data = DataDir::open(&resolved.stanza.data)?;
     let identity = become_owner_of(data.path())?;
-    let repo = Stanza::open(resolved)?;
+    let repos = targets.iter().map(Stanza::open).collect::<Result<Vec<_>>>()?;
+    let repo = &repos[0];
     let target = server_target(resolved, data.path(), &identity.name);
     let session = Session::connect_retry(&target, Duration::from_secs(5))?;
     let mut problems = Vec::new();
@@ -57,15 +60,27 @@ pub fn check(resolved: &Resolved, timeout: Duration) -> Result<CheckReport> {
     let started = Instant::now();
     let mut archived_ms = None;
     if problems.is_empty() {
-        while started.elapsed() < timeout {
-            if repo.storage().stat(&key)?.is_some() {
+        let mut waiting: Vec<&Stanza> = repos.iter().collect();
+        while started.elapsed() < timeout && !waiting.is_empty() {
+            let mut still = Vec::new();
+            for stanza in waiting {
+                if stanza.storage().stat(&key)?.is_none() {
+                    still.push(stanza);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
                 archived_ms = Some(ms_since(started));
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if archived_ms.is_none() {
-            problems.push(format!("segment {segment} did not reach the repository within {} s", timeout.as_secs()));
+        for stanza in waiting {
+            problems.push(format!(
+                "segment {segment} did not reach the repository {} within {} s",
+                stanza.storage().location(),
+                timeout.as_secs()
+            ));
         }
     }
     let row = session.query_one(

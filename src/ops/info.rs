@@ -21,6 +21,10 @@ use crate::stanza::Stanza;
 pub struct InfoReport {
     /// Stanza name.
     pub stanza: String,
+    /// The repository's name in the configuration.
+    pub repo: String,
+    /// Where the repository is (a directory, or a bucket at an endpoint).
+    pub location: String,
     /// "ok", or "error (…)".
     pub status: String,
     /// Whether everything could be read: `info` exits non-zero otherwise.
@@ -205,6 +209,8 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
     };
     Ok(InfoReport {
         stanza: repo.name().to_string(),
+        repo: resolved.repo_name.clone(),
+        location: repo.storage().location(),
         status,
         healthy,
         cipher: repo.record().cipher_name().into(),

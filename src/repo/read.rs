@@ -56,6 +56,20 @@ impl<'a> RunReader<'a> {
         self.decode(run, &stored, file)
     }
 
+    /// The plaintexts of several runs of one pack, fetched together (a store may coalesce
+    /// neighbouring ranges into one request); each decoded and checked on its own.
+    pub fn read_many(&self, runs: &[RunRef], file: &str) -> Result<Vec<Result<Vec<u8>>>> {
+        let Some(first) = runs.first() else { return Ok(Vec::new()) };
+        let key = self.repo.layout().pack(&first.set, first.pack);
+        let ranges: Vec<(u64, u64)> = runs.iter().map(|r| (r.at, u64::from(r.stored))).collect();
+        let stored = self
+            .repo
+            .storage()
+            .get_ranges(&key, &ranges)
+            .map_err(|e| Error::invalid(run_what(first, file), e.to_string()))?;
+        Ok(runs.iter().zip(stored).map(|(run, bytes)| self.decode(run, &bytes, file)).collect())
+    }
+
     /// Decodes and checks the stored bytes of `run` (read by the caller, e.g. from a whole pack).
     pub fn decode(&self, run: &RunRef, stored: &[u8], file: &str) -> Result<Vec<u8>> {
         let what = run_what(run, file);

@@ -94,8 +94,15 @@ impl Seaweed {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let storage = self.storage("");
+        // Ready once an object can be written and read back (the bucket answers listings earlier).
+        let ready = || -> bool {
+            std::net::TcpStream::connect(("127.0.0.1", b)).is_ok()
+                && storage.exists().unwrap_or(false)
+                && storage.put(".ready", b"ready").is_ok()
+                && storage.get(".ready").ok().flatten().is_some()
+        };
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", b)).is_ok() && storage.exists().unwrap_or(false) {
+            if ready() {
                 return;
             }
             assert!(Instant::now() < deadline, "SeaweedFS did not serve its bucket within 60 s: {}", self.log_tail());

@@ -101,6 +101,10 @@ pub struct VerifyReport {
     pub read_failures: Vec<ReadFailure>,
     /// Bytes the server wrote to local disk (what verify needs instead of a restore's full copy).
     pub local_disk_bytes: u64,
+    /// Stored bytes fetched from the repository: what verify read instead of the whole set.
+    pub repository_bytes_fetched: u64,
+    /// Stored bytes of the set and the sets it reads from: what a restore would fetch.
+    pub repository_set_bytes: u64,
     /// Time per step.
     pub steps: Vec<Step>,
     /// Wall time, milliseconds.
@@ -239,6 +243,8 @@ pub fn verify(
         checks,
         read_failures,
         local_disk_bytes: stage.local_disk_bytes(),
+        repository_bytes_fetched: reader.bytes_fetched(),
+        repository_set_bytes: set_bytes(&reader.stanzas()[0], &manifest)?,
         steps: laps.timings.into_iter().map(|(name, ms)| Step { name: name.into(), ms }).collect(),
         duration_ms: ms_since(started),
         kept: None,
@@ -274,6 +280,15 @@ pub fn verify(
         ));
     }
     Ok(report)
+}
+
+/// Stored bytes of `manifest`'s set and the sets it reads pages from.
+fn set_bytes(stanza: &crate::stanza::Stanza, manifest: &crate::repo::manifest::Manifest) -> Result<u64> {
+    let mut total = 0;
+    for label in manifest.sets_needed() {
+        total += stanza.storage().size(&stanza.layout().set(&label))?;
+    }
+    Ok(total)
 }
 
 /// Settings that make the mounted set boot here as a private, throwaway server: its own port and

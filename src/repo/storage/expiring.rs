@@ -33,6 +33,12 @@ struct Record {
     holder: String,
     /// Until when it holds without a refresh.
     expires: DateTime<Utc>,
+    /// The holding process and its host: a holder on this host whose process is gone holds
+    /// nothing, whatever the expiry says.
+    #[serde(default)]
+    pid: u32,
+    #[serde(default)]
+    host: String,
     /// The lease's record, hex.
     data: String,
 }
@@ -41,7 +47,14 @@ impl Record {
     fn new(holder: &str, data: &[u8]) -> Record {
         let mut token = [0u8; 16];
         getrandom::fill(&mut token).expect("the operating system's random source works");
-        Record { token: to_hex(&token), holder: holder.to_string(), expires: expiry(), data: to_hex(data) }
+        Record {
+            token: to_hex(&token),
+            holder: holder.to_string(),
+            expires: expiry(),
+            pid: std::process::id(),
+            host: crate::repo::lease::hostname(),
+            data: to_hex(data),
+        }
     }
 
     fn seal(&self, key: &str) -> Vec<u8> {
@@ -49,8 +62,12 @@ impl Record {
         object::seal(&Codec::plain(), Kind::Lease, key.as_bytes(), &json)
     }
 
+    /// Whether it holds nothing any more: past its expiry, or its holder (on this host) is gone.
     fn expired(&self) -> bool {
-        self.expires < Utc::now()
+        let dead_here = self.host == crate::repo::lease::hostname()
+            && self.pid != 0
+            && !crate::repo::storage::local::process_alive(self.pid);
+        dead_here || self.expires < Utc::now()
     }
 }
 

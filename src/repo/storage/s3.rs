@@ -98,8 +98,9 @@ impl S3Storage {
                 .map_err(|e| Error::invalid(ca.display().to_string(), format!("not a PEM certificate: {e}")))?;
             client = client.with_root_certificate(certificate);
         }
+        // About half a minute of backoff: a server restarting, a node failing over.
         let retry = RetryConfig {
-            max_retries: 6,
+            max_retries: 10,
             retry_timeout: Duration::from_secs(120),
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
