@@ -73,6 +73,9 @@ impl BackupArgs {
         if report.bad_pages > 0 {
             println!("  bad checksums  {} page(s): see pgfork info --set {}", report.bad_pages, report.label);
         }
+        if let Some(id) = &report.snapshot_point {
+            println!("  snapshot point {id} (the scanned snapshot, kept for forks from this moment)");
+        }
         print_expired(&report.expired);
         Ok(())
     }
@@ -147,6 +150,9 @@ fn print_expired(report: &ExpireReport) {
     }
     for used in &report.in_use {
         println!("  expire         kept {used}");
+    }
+    for id in &report.snapshot_points_removed {
+        println!("  expire         removed snapshot point {id}");
     }
     if report.wal_removed > 0 {
         println!("  expire         {verb} {} archived WAL file(s) no kept set needs", report.wal_removed);

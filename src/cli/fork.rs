@@ -5,9 +5,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::cli::progress::TerminalProgress;
+use crate::cli::repo_args::RepoArgs;
 use crate::ops::fork::{
     ForkMode, ForkOptions, ForkReport, ModeRequest, PreparedFork, default_destination, default_port,
 };
+use crate::ops::pitr::{PitrForkOptions, pitr_fork};
+use crate::pg::lsn::Lsn;
+use crate::stanza::recovery::{RecoveryRequest, Target, TargetAction, TargetTimeline, parse_time};
 use crate::util::human_bytes;
 
 /// Arguments of `fork`; the flags are those of Pigsty's pg-fork.
@@ -51,6 +55,51 @@ pub struct ForkArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Fork the stanza's cluster as it was at this time ("2025-07-15 01:36:57+00") or LSN
+    /// (0/7C82CB8): from the newest snapshot point before it, else a backup set, with the WAL
+    /// replayed to it (as pitr --fork; the source is the stanza's cluster).
+    #[arg(long, value_name = "TIME|LSN")]
+    pub at: Option<String>,
+    /// Configuration and stanza (with --at).
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+impl ForkArgs {
+    /// `fork ID --at TARGET`: PITR onto a fork of the stanza's cluster, paused at the target.
+    fn run_at(&self, at: &str, dst_port: u16) -> anyhow::Result<()> {
+        let resolved = self.repo.resolve()?;
+        let target = match at.parse::<Lsn>() {
+            Ok(lsn) => Target::Lsn(lsn),
+            Err(_) => parse_time(at)?,
+        };
+        let stanza = &resolved.stanza;
+        let fork = ForkOptions {
+            id: self.id,
+            src: stanza.data.clone(),
+            dst: self.dst.clone().unwrap_or_else(|| default_destination(self.id)),
+            src_port: stanza.port,
+            dst_port,
+            host: self.host.clone().or_else(|| stanza.socket.clone()),
+            user: self.user.clone().or_else(|| stanza.user.clone()),
+            mode: ModeRequest::Auto,
+            force: self.force,
+            start: false,
+            bindir: self.bindir.clone().or_else(|| stanza.bindir.clone()),
+        };
+        if self.force && fork.dst.exists() && !self.yes {
+            super::confirm(&format!("remove {} and replace it with a recovered fork?", fork.dst.display()))?;
+        }
+        let recovery =
+            RecoveryRequest { target, exclusive: false, action: TargetAction::Pause, timeline: TargetTimeline::Latest };
+        let opts = PitrForkOptions { fork, recovery, set: None, start: self.start };
+        let report = pitr_fork(&resolved, &opts, &TerminalProgress::default()).context("fork at a point in time")?;
+        if self.json {
+            return super::print_json(&report);
+        }
+        super::pitr::print_pitr_report(&report, self.id);
+        Ok(())
+    }
 }
 
 /// The command line of the `pg-fork` name.
@@ -69,6 +118,9 @@ impl ForkArgs {
             Some(port) => port,
             None => default_port(self.id)?,
         };
+        if let Some(at) = &self.at {
+            return self.run_at(at, dst_port);
+        }
         let opts = ForkOptions {
             id: self.id,
             src: self.data.clone(),

@@ -117,6 +117,22 @@ pub fn render(r: &InfoReport) -> String {
     if !r.archive.is_empty() {
         out.push_str(&render_scrub("    ", "archive scrubbed", r.archive_scrub.as_ref()));
     }
+    for p in &r.snapshot_points {
+        out.push_str(&format!(
+            "\n    snapshot point {}: lsn {} / {} (timeline {}), {} / {}, holds {}{}\n",
+            p.id,
+            p.start_lsn,
+            p.stop_lsn,
+            p.timeline,
+            p.start_time.format("%Y-%m-%d %H:%M:%S%:z"),
+            p.stop_time.format("%Y-%m-%d %H:%M:%S%:z"),
+            human_bytes(p.exclusive_bytes),
+            p.backup.as_ref().map(|b| format!(", kept by backup {b}")).unwrap_or_default()
+        ));
+    }
+    for note in &r.snapshot_notes {
+        out.push_str(&format!("\n    note: {note}\n"));
+    }
     for e in &r.errors {
         out.push_str(&format!("\n        error: {e}\n"));
     }

@@ -13,6 +13,7 @@ mod progress;
 mod repo_args;
 mod restore;
 mod scrub;
+mod snapshot;
 mod stanza;
 mod verify;
 
@@ -62,6 +63,9 @@ pub enum Command {
     /// Read and authenticate every object of the repository (or one set, or the archive); name
     /// what is damaged.
     Scrub(scrub::ScrubArgs),
+    /// Take a snapshot point of the stanza's cluster now (a reflink clone inside an online backup,
+    /// kept beside the cluster as a starting point for forks at any later time), or delete one.
+    Snapshot(snapshot::SnapshotArgs),
     /// Check that WAL archiving into the stanza works.
     Check(pitr::CheckArgs),
     /// Show the repository, or one backup set as a data directory, as a read-only file system.
@@ -109,6 +113,7 @@ pub fn main() -> i32 {
         Command::ArchiveGet(args) => args.run(),
         Command::Pitr(args) => args.run(),
         Command::Scrub(args) => args.run(),
+        Command::Snapshot(args) => args.run(),
         Command::Check(args) => args.run(),
         Command::Mount(args) => args.run(),
         Command::Umount(args) => args.run(),

@@ -10,7 +10,7 @@ use crate::cli::repo_args::RepoArgs;
 use crate::cli::restore::TargetArgs;
 use crate::ops::check::check;
 use crate::ops::fork::{ForkOptions, ModeRequest, default_destination, default_port};
-use crate::ops::pitr::{PitrForkOptions, pitr_fork};
+use crate::ops::pitr::{PitrForkOptions, PitrForkReport, pitr_fork};
 use crate::repo::label::SetLabel;
 use crate::util::human_bytes;
 
@@ -81,41 +81,39 @@ impl PitrArgs {
         if self.json {
             return super::print_json(&report);
         }
-        let r = &report.restore;
-        println!(
-            "fork {} of {} recovered from backup {} in {:.1} s ({} rewritten, {} already right)",
-            self.fork,
-            report.fork.plan.src.display(),
-            r.label,
-            report.duration_ms / 1000.0,
-            human_bytes(r.bytes_written),
-            human_bytes(r.bytes_unchanged)
-        );
-        if let Some(plan) = &r.plan {
-            println!("  wal        {} .. {}", plan.wal_from, plan.wal_to);
-        }
-        let host = report.fork.connect_host.as_deref().map(|h| format!("-h {h} ")).unwrap_or_default();
-        match &report.reached {
-            Some(reached) => {
-                println!(
-                    "  reached    {} at {} ({})",
-                    reached.lsn,
-                    reached.time.as_deref().unwrap_or("-"),
-                    reached.state
-                );
-                println!("  connect    psql {host}-p {}", report.fork.plan.dst_port);
-                println!(
-                    "  then       pg_ctl -D {} promote, or drop it: pg_ctl -D {0} stop && rm -rf {0}",
-                    report.fork.plan.dst.display()
-                );
-            }
-            None => println!(
-                "  start      pg_ctl -D {} start && psql {host}-p {}",
-                report.fork.plan.dst.display(),
-                report.fork.plan.dst_port
-            ),
-        }
+        print_pitr_report(&report, self.fork);
         Ok(())
+    }
+}
+
+/// Prints what pitr --fork (or fork --at) did.
+pub fn print_pitr_report(report: &PitrForkReport, id: u32) {
+    println!(
+        "fork {id} of {} recovered from {} in {:.1} s ({} files; {} rewritten, {} shared)",
+        report.src.display(),
+        report.from,
+        report.duration_ms / 1000.0,
+        report.files,
+        human_bytes(report.bytes_written),
+        human_bytes(report.bytes_unchanged)
+    );
+    println!(
+        "  wal        {} .. {} ({} segment(s) to replay at most)",
+        report.plan.wal_from, report.plan.wal_to, report.wal_segments_to_replay
+    );
+    let steps: Vec<String> = report.timings.iter().map(|(s, ms)| format!("{s} {ms:.0} ms")).collect();
+    println!("  steps      {}", steps.join(", "));
+    let host = report.connect_host.as_deref().map(|h| format!("-h {h} ")).unwrap_or_default();
+    match &report.reached {
+        Some(reached) => {
+            println!("  reached    {} at {} ({})", reached.lsn, reached.time.as_deref().unwrap_or("-"), reached.state);
+            println!("  connect    psql {host}-p {}", report.port);
+            println!(
+                "  then       pg_ctl -D {} promote, or drop it: pg_ctl -D {0} stop && rm -rf {0}",
+                report.dst.display()
+            );
+        }
+        None => println!("  start      pg_ctl -D {} start && psql {host}-p {}", report.dst.display(), report.port),
     }
 }
 

@@ -127,7 +127,7 @@ pub fn print_restore(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
     }
     if let Some(plan) = &report.plan {
         println!("recovery plan for {}", report.data.display());
-        println!("  backup set     {}", plan.set);
+        println!("  starting from  {}", plan.from);
         println!("  wal            {} .. {} (checked: archived and continuous)", plan.wal_from, plan.wal_to);
         for (tli, first, last) in &plan.timelines {
             println!("  timeline {tli:<5} {first} .. {last}");

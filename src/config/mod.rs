@@ -69,11 +69,25 @@ pub struct StanzaConfig {
     /// Several repositories, as pgBackRest's repo1, repo2: backups go to the first unless
     /// `--repo` names another, WAL goes to every one, archive-get takes the first that has it.
     pub repos: Option<Vec<String>>,
+    /// Where snapshot points live [default: `pgfork-snapshots/<stanza>` beside the data
+    /// directory]; on the data directory's file system, never inside it.
+    pub snapshot_dir: Option<PathBuf>,
+    /// Snapshot points to keep (the newest); all when absent.
+    pub snapshot_retention: Option<u32>,
+    /// Hours to keep snapshot points; forever when absent.
+    pub snapshot_retention_hours: Option<u32>,
+    /// A new snapshot point is refused when its file system is fuller than this, in percent.
+    #[serde(default = "default_max_used_percent")]
+    pub snapshot_max_used_percent: u8,
     /// Scan a reflink snapshot of the data directory (memory-mapped) instead of reading the live
     /// files with pread. The snapshot gives each file a single point in time, but its pages are not
     /// in the page cache: on a cached cluster reading it costs several times the live read.
     #[serde(default)]
     pub snapshot: bool,
+}
+
+fn default_max_used_percent() -> u8 {
+    90
 }
 
 fn default_port() -> u16 {

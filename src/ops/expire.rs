@@ -33,6 +33,8 @@ pub struct ExpireReport {
     pub unreadable: Vec<String>,
     /// Sets retention would remove but a mount or verify is using: kept, with who uses them.
     pub in_use: Vec<String>,
+    /// Snapshot points removed by the stanza's snapshot retention.
+    pub snapshot_points_removed: Vec<String>,
 }
 
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
@@ -68,6 +70,12 @@ pub fn apply_retention(repo: &Stanza, now: DateTime<Utc>, dry_run: bool) -> Resu
     let in_use = spare_leased(repo, &mut remove)?;
     let mut report = remove_sets(repo, &readable, &remove, dry_run)?;
     report.in_use = in_use;
+    if !dry_run {
+        let dir = crate::stanza::snapshots::snapshot_dir(&repo.config);
+        let system_identifier = repo.record().current.system_identifier;
+        report.snapshot_points_removed =
+            crate::ops::snapshot::apply_retention(&repo.config, &dir, system_identifier, now)?;
+    }
     Ok(report)
 }
 

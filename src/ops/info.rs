@@ -14,7 +14,7 @@ use crate::repo::label::{BackupType, SetLabel};
 use crate::repo::manifest::BadPage;
 use crate::repo::scrub::ScrubRecord;
 use crate::repo::verification::VerificationRecord;
-use crate::stanza::Stanza;
+use crate::stanza::{Stanza, snapshots};
 
 /// The state of a stanza.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +45,10 @@ pub struct InfoReport {
     pub archive: Vec<ArchiveRange>,
     /// The latest `scrub` of the archive.
     pub archive_scrub: Option<ScrubRecord>,
+    /// Snapshot points beside the cluster, oldest first.
+    pub snapshot_points: Vec<SnapshotInfo>,
+    /// Snapshot points that are ignored (another cluster's, an unreadable record), and why.
+    pub snapshot_notes: Vec<String>,
     /// From the earliest set's consistent point to the newest archived WAL: the times a restore can reach.
     pub recovery_window: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
@@ -60,6 +64,27 @@ pub struct ArchiveRange {
     pub max: String,
     /// Files archived (segments, history, partial and backup files).
     pub files: usize,
+}
+
+/// One snapshot point.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: String,
+    /// Timeline.
+    pub timeline: u32,
+    /// Start LSN.
+    pub start_lsn: Lsn,
+    /// Stop LSN: forks can start from here.
+    pub stop_lsn: Lsn,
+    /// Start time.
+    pub start_time: DateTime<Utc>,
+    /// Stop time.
+    pub stop_time: DateTime<Utc>,
+    /// Bytes it holds that production no longer shares (what keeping it costs).
+    pub exclusive_bytes: u64,
+    /// The backup set it was scanned for, if a backup kept it.
+    pub backup: Option<String>,
 }
 
 /// One backup set.
@@ -199,6 +224,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         errors.push(format!("archive scrub record: {e}"));
         None
     });
+    let (snapshot_points, snapshot_notes) = snapshot_points(resolved, repo.record().current.system_identifier)?;
     let healthy = errors.is_empty();
     let status = if !healthy {
         "error (unreadable objects)".to_string()
@@ -221,6 +247,32 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         errors,
         archive: ranges,
         archive_scrub,
+        snapshot_points,
+        snapshot_notes,
         recovery_window,
     })
+}
+
+/// The stanza's snapshot points with the space each holds exclusively.
+fn snapshot_points(resolved: &Resolved, system_identifier: u64) -> Result<(Vec<SnapshotInfo>, Vec<String>)> {
+    let (found, mut notes) = snapshots::list(&snapshots::snapshot_dir(resolved), system_identifier)?;
+    let mut points = Vec::new();
+    for f in found {
+        let exclusive_bytes = crate::cow::shared::exclusive_bytes(&f.dir).unwrap_or_else(|e| {
+            notes.push(format!("snapshot point {}: its space cannot be measured: {e}", f.point.id));
+            0
+        });
+        let p = f.point;
+        points.push(SnapshotInfo {
+            id: p.id,
+            timeline: p.timeline,
+            start_lsn: p.start_lsn,
+            stop_lsn: p.stop_lsn,
+            start_time: p.start_time,
+            stop_time: p.stop_time,
+            exclusive_bytes,
+            backup: p.backup,
+        });
+    }
+    Ok((points, notes))
 }

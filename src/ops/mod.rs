@@ -12,5 +12,6 @@ pub mod info;
 pub mod pitr;
 pub mod restore;
 pub mod scrub;
+pub mod snapshot;
 pub mod stanza;
 pub mod verify;

@@ -34,6 +34,8 @@ pub enum Kind {
     Lease,
     /// A scrub record.
     Scrub,
+    /// A snapshot point's record.
+    Snapshot,
 }
 
 impl Kind {
@@ -45,11 +47,12 @@ impl Kind {
             Kind::Verification => 4,
             Kind::Lease => 5,
             Kind::Scrub => 6,
+            Kind::Snapshot => 7,
         }
     }
 
     fn from_code(code: u8) -> Option<Kind> {
-        [Kind::StanzaRecord, Kind::Manifest, Kind::Wal, Kind::Verification, Kind::Lease, Kind::Scrub]
+        [Kind::StanzaRecord, Kind::Manifest, Kind::Wal, Kind::Verification, Kind::Lease, Kind::Scrub, Kind::Snapshot]
             .into_iter()
             .find(|k| k.code() == code)
     }

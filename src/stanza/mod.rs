@@ -5,6 +5,7 @@
 
 pub mod preflight;
 pub mod recovery;
+pub mod snapshots;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -14,6 +14,57 @@ use crate::repo::archive::WalFileKind;
 use crate::repo::handle::Repo;
 use crate::repo::manifest::Manifest;
 use crate::stanza::recovery::{RecoveryRequest, Target, TargetTimeline, parse_history};
+use crate::stanza::snapshots::SnapshotPoint;
+
+/// Where a recovery starts: a backup set, or a snapshot point. Both carry the WAL from their start
+/// to their stop.
+#[derive(Debug, Clone)]
+pub struct StartingPoint {
+    /// How messages name it: `backup 20250715-013657F`, `snapshot point 20250715-013657`.
+    pub name: String,
+    /// Timeline at its start.
+    pub timeline: u32,
+    /// WAL segment of its start.
+    pub start_wal: String,
+    /// WAL segment of its stop.
+    pub stop_wal: String,
+    /// WAL segment size.
+    pub segment_size: u64,
+    /// Wall-clock stop: consistent from here.
+    pub stop_time: DateTime<Utc>,
+    /// The WAL segments it carries.
+    pub wal: Vec<String>,
+}
+
+impl StartingPoint {
+    /// A backup set as a starting point.
+    pub fn of_set(set: &Manifest) -> Result<StartingPoint> {
+        Ok(StartingPoint {
+            name: format!("backup {}", set.label),
+            timeline: set.timeline,
+            start_wal: set.start_wal.clone(),
+            stop_wal: set.stop_wal.clone(),
+            segment_size: set
+                .segment_size()
+                .ok_or_else(|| Error::invalid(format!("backup {}", set.label), "carries no WAL segment"))?,
+            stop_time: set.stop_time,
+            wal: set.wal.iter().map(|w| w.name.clone()).collect(),
+        })
+    }
+
+    /// A snapshot point as a starting point.
+    pub fn of_snapshot(point: &SnapshotPoint) -> StartingPoint {
+        StartingPoint {
+            name: format!("snapshot point {}", point.id),
+            timeline: point.timeline,
+            start_wal: point.start_wal.clone(),
+            stop_wal: point.stop_wal.clone(),
+            segment_size: point.segment_size,
+            stop_time: point.stop_time,
+            wal: point.wal.clone(),
+        }
+    }
+}
 
 /// One timeline of the path: segments `first..=last` (`None`: up to the target or the archive's
 /// end).
@@ -37,11 +88,10 @@ pub struct Walk {
 type Archived = BTreeMap<TimelineId, BTreeMap<u64, SystemTime>>;
 
 /// Walks and checks the WAL from `set` to `request`'s target.
-pub fn walk(repo: &Repo, set: &Manifest, request: &RecoveryRequest) -> Result<Walk> {
-    let size =
-        set.segment_size().ok_or_else(|| Error::invalid(format!("backup {}", set.label), "carries no WAL segment"))?;
+pub fn walk(repo: &Repo, set: &StartingPoint, request: &RecoveryRequest) -> Result<Walk> {
+    let size = set.segment_size;
     let start = WalSegment::parse(&set.start_wal, size)
-        .ok_or_else(|| Error::invalid(format!("backup {}", set.label), "bad start WAL name"))?;
+        .ok_or_else(|| Error::invalid(&set.name, format!("bad start WAL name {:?}", set.start_wal)))?;
     let mut archived: Archived = BTreeMap::new();
     for (timeline, files) in repo.archive().list()? {
         let segments = archived.entry(timeline).or_default();
@@ -57,7 +107,7 @@ pub fn walk(repo: &Repo, set: &Manifest, request: &RecoveryRequest) -> Result<Wa
         _ => None,
     };
     // The set's own WAL counts as present: it travels with the set.
-    let in_set: BTreeSet<&str> = set.wal.iter().map(|w| w.name.as_str()).collect();
+    let in_set: BTreeSet<&str> = set.wal.iter().map(String::as_str).collect();
     let mut walk = Walk { timelines: Vec::new(), last_name: set.stop_wal.clone() };
     let mut newest_archived = None;
     for (i, leg) in legs.iter().enumerate() {
@@ -88,10 +138,10 @@ pub fn walk(repo: &Repo, set: &Manifest, request: &RecoveryRequest) -> Result<Wa
             if !have.is_some_and(|h| h.contains_key(&number)) && !in_set.contains(name(number).as_str()) {
                 return Err(Error::refused(
                     format!(
-                        "WAL segment {} is missing from the archive of stanza {}: recovery from backup {} cannot pass it",
+                        "WAL segment {} is missing from the archive of stanza {}: recovery from {} cannot pass it",
                         name(number),
                         repo.name(),
-                        set.label
+                        set.name
                     ),
                     Some("choose a later backup with --set, or a target before this segment".into()),
                 ));
@@ -111,7 +161,7 @@ pub fn walk(repo: &Repo, set: &Manifest, request: &RecoveryRequest) -> Result<Wa
 /// history, ending on the target timeline.
 fn timeline_path(
     repo: &Repo,
-    set: &Manifest,
+    set: &StartingPoint,
     request: &RecoveryRequest,
     archived: &Archived,
     start: u64,
@@ -144,8 +194,8 @@ fn timeline_path(
         if switch_segment < from {
             return Err(Error::refused(
                 format!(
-                    "backup {} started after timeline {tli} ended at {switch}: it is not on the way to timeline {target_tli}",
-                    set.label
+                    "{} started after timeline {tli} ended at {switch}: it is not on the way to timeline {target_tli}",
+                    set.name
                 ),
                 None,
             ));
@@ -155,7 +205,7 @@ fn timeline_path(
     }
     if !on_path {
         return Err(Error::refused(
-            format!("timeline {target_tli} does not descend from timeline {} of backup {}", set.timeline, set.label),
+            format!("timeline {target_tli} does not descend from timeline {} of {}", set.timeline, set.name),
             None,
         ));
     }
@@ -167,7 +217,7 @@ fn timeline_path(
 /// or, when that segment is only in the set (nothing after it was archived), the set's stop time.
 fn check_time_reachable(
     request: &RecoveryRequest,
-    set: &Manifest,
+    set: &StartingPoint,
     newest_archived: Option<SystemTime>,
     last_name: &str,
 ) -> Result<()> {
@@ -175,7 +225,7 @@ fn check_time_reachable(
     // The set carries the WAL to its own stop, whatever the archive holds.
     let (reach, source): (DateTime<Utc>, String) = match newest_archived.map(DateTime::<Utc>::from) {
         Some(at) if at > set.stop_time => (at, format!("its newest segment {last_name} was archived at")),
-        _ => (set.stop_time, format!("nothing after backup {} was archived; the set ends at", set.label)),
+        _ => (set.stop_time, format!("nothing after {} was archived; it ends at", set.name)),
     };
     if *target > reach {
         return Err(Error::refused(

@@ -12,6 +12,7 @@ use crate::pg::lsn::Lsn;
 use crate::repo::handle::Repo;
 use crate::repo::label::SetLabel;
 use crate::repo::manifest::Manifest;
+use crate::stanza::preflight::StartingPoint;
 use crate::stanza::{Stanza, preflight};
 
 /// Where recovery stops.
@@ -112,8 +113,8 @@ pub fn parse_time(text: &str) -> Result<Target> {
 /// The plan of a recovery: which set, which WAL, which settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoveryPlan {
-    /// The backup set to restore.
-    pub set: SetLabel,
+    /// Where recovery starts: `backup <label>` or `snapshot point <id>`.
+    pub from: String,
     /// First WAL segment recovery reads (the set's start).
     pub wal_from: String,
     /// Last archived segment recovery may read on the path to the target.
@@ -202,27 +203,32 @@ pub fn set_and_plan(
         None => stanza.manifest(&label)?,
     };
     let command = restore_command(stanza.config.config_path.as_deref(), stanza.name());
-    let plan = plan(stanza, &manifest, request, &command)?;
+    let plan = plan(stanza, &StartingPoint::of_set(&manifest)?, request, &command)?;
     Ok((manifest, Some(plan)))
 }
 
 /// Checks the archive holds every segment recovery needs from `set` to the target, and returns the
 /// plan. Fails naming the first missing segment, or when the target lies past the archive's end.
-pub fn plan(repo: &Repo, set: &Manifest, request: &RecoveryRequest, restore_command: &str) -> Result<RecoveryPlan> {
+pub fn plan(
+    repo: &Repo,
+    start: &StartingPoint,
+    request: &RecoveryRequest,
+    restore_command: &str,
+) -> Result<RecoveryPlan> {
     let settings = settings(request, restore_command);
     if request.target == Target::Immediate {
         return Ok(RecoveryPlan {
-            set: set.label.clone(),
-            wal_from: set.start_wal.clone(),
-            wal_to: set.stop_wal.clone(),
-            timelines: vec![(set.timeline, set.start_wal.clone(), set.stop_wal.clone())],
+            from: start.name.clone(),
+            wal_from: start.start_wal.clone(),
+            wal_to: start.stop_wal.clone(),
+            timelines: vec![(start.timeline, start.start_wal.clone(), start.stop_wal.clone())],
             settings,
         });
     }
-    let walk = preflight::walk(repo, set, request)?;
+    let walk = preflight::walk(repo, start, request)?;
     Ok(RecoveryPlan {
-        set: set.label.clone(),
-        wal_from: set.start_wal.clone(),
+        from: start.name.clone(),
+        wal_from: start.start_wal.clone(),
         wal_to: walk.last_name,
         timelines: walk.timelines,
         settings,

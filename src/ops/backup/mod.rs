@@ -16,6 +16,7 @@ use crate::config::Resolved;
 use crate::error::{Error, Result};
 use crate::ops::expire::{ExpireReport, apply_retention};
 use crate::ops::identity::become_owner_of;
+use crate::ops::snapshot::{PointSlot, Taken};
 use crate::pg::backup_label::BackupLabel;
 use crate::pg::datadir::{ControlData, DataDir};
 use crate::pg::lsn::Lsn;
@@ -69,6 +70,8 @@ pub struct BackupReport {
     pub notes: Vec<String>,
     /// Leftovers of interrupted backups removed first.
     pub cleaned: Vec<SetLabel>,
+    /// The snapshot point the scanned snapshot was kept as (with `snapshot = true`).
+    pub snapshot_point: Option<String>,
     /// What retention removed afterwards.
     pub expired: ExpireReport,
 }
@@ -81,7 +84,7 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     let stanza = Stanza::open(resolved)?;
     let control = data.control()?;
     stanza.record().check_cluster(control.system_identifier, data.major())?;
-    let _lock = stanza.lock("backup")?;
+    let lock = stanza.lock("backup")?;
     let cleaned = stanza.remove_uncommitted()?;
     for label in &cleaned {
         progress.note(&format!("removed {label}, left incomplete by an interrupted backup"));
@@ -92,7 +95,19 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     let mut laps = Laps::start();
     let begun = Begun::start(&session, &base.label, opts.fast_checkpoint, progress)?;
     laps.lap("backup_start");
-    let source = snapshot::prepare(&data, resolved.stanza.snapshot)?;
+    // With snapshot = true the reflink snapshot scanned is kept as a snapshot point.
+    let slot = match resolved.stanza.snapshot.then(|| PointSlot::for_backup(resolved, &data)) {
+        Some(Ok(slot)) => Some(slot),
+        Some(Err(note)) => {
+            base.notes.push(note);
+            None
+        }
+        None => None,
+    };
+    let source = match &slot {
+        Some(slot) => snapshot::prepare_at(&data, &slot.partial.join("data"), true)?,
+        None => snapshot::prepare(&data, resolved.stanza.snapshot)?,
+    };
     for link in &source.links_left_out {
         base.notes.push(format!("symbolic link {link} is not backed up (a set holds files and directories only)"));
     }
@@ -105,7 +120,6 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
     let segment_size = crate::pg::wal::segment_size(&session)?;
     let segments = crate::pg::wal::backup_segments(&backup_label, stopped.lsn, segment_size)?;
     let wal = store_wal(&stanza, &base.label, &data.path().join("pg_wal"), &segments)?;
-    drop(session);
     laps.lap("wal");
 
     let manifest = Manifest {
@@ -123,7 +137,7 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
         stop_wal: segments.last().cloned().unwrap_or_default(),
         start_time: begun.time,
         stop_time: stopped.time,
-        backup_label: stopped.labelfile,
+        backup_label: stopped.labelfile.clone(),
         tablespace_map: (!stopped.spcmapfile.is_empty()).then_some(stopped.spcmapfile),
         tablespaces: source.tablespaces.clone(),
         checksums_enabled: begun.checksums,
@@ -141,9 +155,28 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
             bad.path, bad.block, bad.stored, bad.computed
         ));
     }
+    // A lock that expired unrefreshed (object storage) may be another backup's now: commit nothing.
+    lock.check()?;
     stanza.save(&manifest)?;
-    drop(source);
     laps.lap("manifest");
+    let snapshot_point = match slot {
+        Some(slot) if source.snapshot_taken() => {
+            let taken = Taken {
+                began: crate::ops::snapshot::Began { lsn: begun.lsn, time: begun.time },
+                stopped: crate::ops::snapshot::Stopped {
+                    lsn: stopped.lsn,
+                    time: stopped.time,
+                    labelfile: manifest.backup_label.clone(),
+                },
+                segment_size,
+                backup: Some(manifest.label.to_string()),
+            };
+            Some(slot.commit(resolved, &data, source, taken)?.id)
+        }
+        _ => None,
+    };
+    drop(session);
+    laps.lap("snapshot_point");
 
     let expired = apply_retention(&stanza, Utc::now(), false)?;
     laps.lap("expire");
@@ -162,6 +195,7 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
         timings: laps.timings,
         notes: base.notes,
         cleaned,
+        snapshot_point,
         expired,
     })
 }

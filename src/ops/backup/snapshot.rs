@@ -45,6 +45,11 @@ impl BackupSource {
     pub fn snapshot_taken(&self) -> bool {
         self.snapshot.is_some()
     }
+
+    /// Keeps the snapshot instead of removing it when the source is dropped; returns where it is.
+    pub fn keep(mut self) -> Option<PathBuf> {
+        self.snapshot.take()
+    }
 }
 
 impl Drop for BackupSource {
@@ -61,15 +66,22 @@ pub fn snapshot_dir(data: &Path) -> PathBuf {
     data.with_file_name(format!(".{name}.pgfork-snapshot"))
 }
 
-/// Plans the backup of `data`; with `want_snapshot`, takes a reflink snapshot when the file system
-/// allows (otherwise the live files are read).
+/// Plans the backup of `data`; with `want_snapshot`, takes a reflink snapshot beside it when the
+/// file system allows (otherwise the live files are read).
 pub fn prepare(data: &DataDir, want_snapshot: bool) -> Result<BackupSource> {
     let snap = snapshot_dir(data.path());
     if snap.exists() {
         // Left by a killed backup: only pgfork uses this name.
         std::fs::remove_dir_all(&snap).ok();
     }
-    let parent = data.path().parent().unwrap_or(Path::new("/"));
+    prepare_at(data, &snap, want_snapshot)
+}
+
+/// Plans the backup of `data` with its snapshot (if one is taken) at `snap`, which must not exist;
+/// its parent must.
+pub fn prepare_at(data: &DataDir, snap: &Path, want_snapshot: bool) -> Result<BackupSource> {
+    let snap = snap.to_path_buf();
+    let parent = snap.parent().unwrap_or(Path::new("/"));
     let writable = want_snapshot && nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_ok();
     let method = if writable { probe_reflink(&data.path().join("PG_VERSION"), parent)? } else { CopyMethod::Copy };
 

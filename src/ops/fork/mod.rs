@@ -2,11 +2,11 @@
 //! allows, taken hot through the online backup protocol (backup_label, tablespace_map and the WAL
 //! from start to stop secured) or cold from a stopped cluster, then made safe to run beside it.
 
-mod fixup;
+pub(crate) mod fixup;
 pub mod options;
-mod preflight;
+pub(crate) mod preflight;
 pub mod source;
-mod staging;
+pub(crate) mod staging;
 mod wal;
 
 use std::path::{Path, PathBuf};
@@ -411,7 +411,8 @@ pub fn start_fork(bins: &PgBin, dst: &Path, port: u16, host: Option<&str>, user:
     Ok(())
 }
 
-fn first_socket_dir(setting: &str) -> Option<String> {
+/// The first directory of a `unix_socket_directories` setting.
+pub(crate) fn first_socket_dir(setting: &str) -> Option<String> {
     setting.split(',').map(str::trim).find(|d| d.starts_with('/')).map(str::to_string)
 }
 

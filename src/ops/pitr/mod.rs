@@ -1,0 +1,199 @@
+//! `pitr --fork` (and `fork --at`): point-in-time recovery onto a fork of the stanza's cluster,
+//! production untouched. The fork starts from the newest snapshot point at or before the target
+//! (a reflink of the point, then WAL replay: the cost of the WAL, not of the database), else from a
+//! backup set (a hot fork of production, then a delta restore of the set onto it). Either way the
+//! fork keeps its own port, name and archive_mode=off, and with `--start` starts paused at the
+//! target.
+
+mod from_set;
+mod from_snapshot;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Resolved;
+use crate::error::{Error, Result};
+use crate::ops::fork::ForkOptions;
+use crate::pg::datadir::{DataDir, PostmasterPid};
+use crate::pg::session::{ConnTarget, Session};
+use crate::progress::Progress;
+use crate::repo::label::SetLabel;
+use crate::stanza::recovery::{RecoveryPlan, RecoveryRequest, Target, TargetAction};
+use crate::stanza::snapshots::{self, Found};
+
+/// A PITR-onto-a-fork request.
+#[derive(Debug, Clone)]
+pub struct PitrForkOptions {
+    /// The fork to make of the stanza's running cluster.
+    pub fork: ForkOptions,
+    /// The target.
+    pub recovery: RecoveryRequest,
+    /// The set to start from (then no snapshot point is used); chosen from the target when `None`.
+    pub set: Option<SetLabel>,
+    /// Start the fork and wait until it reaches the target.
+    pub start: bool,
+}
+
+/// Where a started fork's recovery stopped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reached {
+    /// Last replayed LSN.
+    pub lsn: String,
+    /// Time of the last replayed transaction.
+    pub time: Option<String>,
+    /// "paused", "promoted" or "shut down".
+    pub state: String,
+}
+
+/// What pitr --fork did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrForkReport {
+    /// The starting point: `snapshot point <id>` or `backup <label>`.
+    pub from: String,
+    /// The cluster forked.
+    pub src: PathBuf,
+    /// The fork.
+    pub dst: PathBuf,
+    /// Its port.
+    pub port: u16,
+    /// Its cluster_name.
+    pub cluster_name: String,
+    /// The socket directory or host to reach it on, when known.
+    pub connect_host: Option<String>,
+    /// The checked recovery plan.
+    pub plan: RecoveryPlan,
+    /// WAL segments recovery replays from the starting point to the target (at most).
+    pub wal_segments_to_replay: u64,
+    /// Files in the fork (cloned or restored).
+    pub files: u64,
+    /// Bytes written (a delta restore from a set; nothing from a snapshot point).
+    pub bytes_written: u64,
+    /// Bytes found right (shared with production, or cloned from the snapshot point).
+    pub bytes_unchanged: u64,
+    /// Milliseconds per step.
+    pub timings: Vec<(&'static str, f64)>,
+    /// Where recovery stopped, when started.
+    pub reached: Option<Reached>,
+    /// Wall time, milliseconds.
+    pub duration_ms: f64,
+}
+
+/// Forks the stanza's cluster recovered to the target, from the newest snapshot point at or
+/// before it, else from a backup set.
+pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Progress) -> Result<PitrForkReport> {
+    let started = Instant::now();
+    let mut report = match snapshot_for(resolved, opts)? {
+        Some(found) => from_snapshot::run(resolved, opts, &found, progress)?,
+        None => from_set::run(resolved, opts, progress)?,
+    };
+    if opts.start {
+        let data = DataDir::open(&report.dst)?;
+        let user = opts.fork.user.clone().unwrap_or_else(|| owner_name(data.path()));
+        let bins = crate::pg::bins::PgBin::locate(data.major(), opts.fork.bindir.as_deref(), Some(&opts.fork.src))?;
+        let step = Instant::now();
+        crate::ops::fork::start_fork(&bins, &report.dst, report.port, report.connect_host.as_deref(), &user)?;
+        let target = ConnTarget {
+            host: report.connect_host.clone().unwrap_or_else(|| "localhost".into()),
+            port: report.port,
+            user,
+            dbname: "postgres".into(),
+        };
+        report.reached = Some(wait_for_target(&target, &report.dst, opts.recovery.action)?);
+        report.timings.push(("start_and_replay", crate::util::ms_since(step)));
+    }
+    report.duration_ms = crate::util::ms_since(started);
+    Ok(report)
+}
+
+/// The newest snapshot point of the stanza at or before the target, unless a set is named. A
+/// target before every snapshot point and every set is refused naming both.
+fn snapshot_for(resolved: &Resolved, opts: &PitrForkOptions) -> Result<Option<Found>> {
+    if opts.set.is_some() {
+        return Ok(None);
+    }
+    let data = DataDir::open(&resolved.stanza.data)?;
+    let system_identifier = data.control()?.system_identifier;
+    let (found, _) = snapshots::list(&snapshots::snapshot_dir(resolved), system_identifier)?;
+    let chosen = found.into_iter().rev().find(|f| match &opts.recovery.target {
+        Target::Time(t, _) => f.point.stop_time <= *t,
+        Target::Lsn(lsn) => f.point.stop_lsn <= *lsn,
+        _ => true,
+    });
+    Ok(chosen)
+}
+
+/// The user owning `dir`, by name.
+fn owner_name(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .and_then(|m| nix::unistd::User::from_uid(m.uid().into()).ok().flatten())
+        .map(|u| u.name)
+        .unwrap_or_else(|| "postgres".into())
+}
+
+/// Segments from the plan's first to its last (on one timeline, or summed over the path).
+fn segments_in(plan: &RecoveryPlan, segment_size: u64) -> u64 {
+    use crate::pg::lsn::WalSegment;
+    plan.timelines
+        .iter()
+        .filter_map(|(_, first, last)| {
+            let (first, last) = (WalSegment::parse(first, segment_size)?, WalSegment::parse(last, segment_size)?);
+            Some(last.number.saturating_sub(first.number) + 1)
+        })
+        .sum()
+}
+
+/// Waits until recovery reached its target — paused, promoted, or (with the shutdown action) the
+/// server of `data` stopped — then reports where it is.
+pub fn wait_for_target(target: &ConnTarget, data: &Path, action: TargetAction) -> Result<Reached> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let stopped = || PostmasterPid::running(data).is_none();
+    // A server told to shut down at the target stops talking; its shutdown checkpoint says where.
+    let shut_down = |error: Error| -> Result<Reached> {
+        if action != TargetAction::Shutdown {
+            return Err(error);
+        }
+        while !stopped() {
+            if Instant::now() > deadline {
+                return Err(error);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let control = DataDir::open(data)?.control()?;
+        Ok(Reached { lsn: control.checkpoint.to_string(), time: None, state: "shut down".into() })
+    };
+    let session = match Session::connect_retry(target, Duration::from_secs(60)) {
+        Ok(session) => session,
+        Err(e) => return shut_down(e),
+    };
+    loop {
+        let row = match session.query_one(
+            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END, \
+             coalesce(pg_last_wal_replay_lsn()::text, pg_current_wal_lsn()::text), pg_last_xact_replay_timestamp()::text",
+            &[],
+        ) {
+            Ok(row) => row,
+            Err(e) => return shut_down(e),
+        };
+        let (in_recovery, pause, lsn, time): (bool, String, String, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let state = match (in_recovery, pause.as_str()) {
+            (true, "paused") => Some("paused"),
+            (false, _) => Some("promoted"),
+            _ => None,
+        };
+        if let Some(state) = state {
+            return Ok(Reached { lsn, time, state: state.into() });
+        }
+        if Instant::now() > deadline {
+            return Err(Error::refused(
+                format!("recovery on {} did not reach its target within 10 minutes", target.describe()),
+                None,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
