@@ -221,6 +221,10 @@ pub fn seal_point(
     }
     plan.execute(CopyMethod::Reflink, false, &Silent)?;
     fsx::write_atomic(&clone.join("backup_label"), stopped.labelfile.as_bytes(), 0o600)?;
+    // A configuration kept outside the data directory goes into the clone: forks must start.
+    if let Some(conf) = crate::pg::external_conf::ExternalConf::find(data.path())? {
+        conf.write_into(&clone)?;
+    }
     std::fs::rename(clone.join("PG_VERSION"), clone.join(HIDDEN_PG_VERSION)).at("hide PG_VERSION in", &clone)?;
     let point = SnapshotPoint {
         format: u32::from(crate::repo::object::FORMAT),

@@ -5,6 +5,7 @@ pub mod backup_label;
 pub mod bins;
 pub mod conf;
 pub mod datadir;
+pub mod external_conf;
 pub mod layout;
 pub mod lsn;
 pub mod page;

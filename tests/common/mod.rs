@@ -409,6 +409,19 @@ pub struct RepoSetup {
 impl RepoSetup {
     /// A repository (encrypted when `passphrase` is given) with one stanza `main` for `cluster`.
     pub fn new(cluster: &Cluster, passphrase: Option<&str>, extra_repo: &str) -> RepoSetup {
+        let socket = cluster.socket_dir.path().display().to_string();
+        RepoSetup::new_for(&cluster.data, cluster.port, &socket, &cluster.version, passphrase, extra_repo)
+    }
+
+    /// The same for a cluster in `data` served on `port` at `socket`.
+    pub fn new_for(
+        data: &Path,
+        port: u16,
+        socket: &str,
+        version: &PgVersion,
+        passphrase: Option<&str>,
+        extra_repo: &str,
+    ) -> RepoSetup {
         let dir = PgDir::new(None, "repo-");
         let repo = dir.path().join("repo");
         let cipher = if passphrase.is_some() { "aes-256-gcm" } else { "none" };
@@ -425,10 +438,10 @@ impl RepoSetup {
         let text = format!(
             "[repo.main]\npath = \"{}\"\ncipher = \"{cipher}\"\nretention_full = 3\n{pass_line}{extra_repo}\n\n[stanza.main]\ndata = \"{}\"\nport = {}\nsocket = \"{}\"\nbindir = \"{}\"\n",
             repo.display(),
-            cluster.data.display(),
-            cluster.port,
-            cluster.socket_dir.path().display(),
-            cluster.version.bindir.display()
+            data.display(),
+            port,
+            socket,
+            version.bindir.display()
         );
         let config = dir.path().join("pgfork.toml");
         std::fs::write(&config, text).unwrap();

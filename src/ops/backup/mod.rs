@@ -19,11 +19,12 @@ use crate::ops::identity::become_owner_of;
 use crate::ops::snapshot::{PointSlot, Taken};
 use crate::pg::backup_label::BackupLabel;
 use crate::pg::datadir::{ControlData, DataDir};
+use crate::pg::external_conf::ExternalConf;
 use crate::pg::lsn::Lsn;
 use crate::pg::session::Session;
 use crate::progress::Progress;
 use crate::repo::label::{BackupType, SetLabel};
-use crate::repo::manifest::{Manifest, SetStats, WalEntry};
+use crate::repo::manifest::{DirEntry, Extent, FileEntry, MAX_RUN, Manifest, SetStats, WalEntry};
 use crate::repo::object::{FORMAT, Kind};
 use crate::scan::{ScanRequest, ScannedFile, scan_file};
 use crate::stanza::{Stanza, check_server, server_target};
@@ -112,7 +113,8 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
         base.notes.push(format!("symbolic link {link} is not backed up (a set holds files and directories only)"));
     }
     laps.lap("snapshot");
-    let (scanned, pack_bytes) = scan(&stanza, &source, &base, &begun, progress)?;
+    let conf = ExternalConf::find(data.path())?;
+    let (scanned, pack_bytes) = scan(conf.as_ref(), &stanza, &source, &base, &begun, progress)?;
     laps.lap("scan");
     let stopped = Stopped::stop(&session)?;
     laps.lap("backup_stop");
@@ -142,7 +144,12 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
         tablespaces: source.tablespaces.clone(),
         checksums_enabled: begun.checksums,
         snapshot: source.snapshot_taken(),
-        dirs: source.dirs.clone(),
+        dirs: source
+            .dirs
+            .iter()
+            .cloned()
+            .chain(conf.iter().flat_map(|c| &c.dirs).map(|d| DirEntry { path: d.clone(), mode: 0o700 }))
+            .collect(),
         files: Vec::new(),
         wal,
         bad_pages: Vec::new(),
@@ -291,6 +298,7 @@ impl Stopped {
 /// Scans every file in parallel into the new set's packs; `pg_control` last, after every other
 /// file. Returns the files and the bytes the packs take.
 fn scan(
+    conf: Option<&ExternalConf>,
     stanza: &Stanza,
     source: &snapshot::BackupSource,
     base: &Base,
@@ -319,8 +327,31 @@ fn scan(
     let mut scanned: Vec<Option<ScannedFile>> = rest.par_iter().map(scan_one).collect::<Result<_>>()?;
     scanned.push(scan_one(control_file)?);
     progress.end();
+    // A configuration kept outside the data directory (Debian's /etc/postgresql) goes into the set
+    // as the data directory's own files: a set that cannot boot is only half a backup.
+    if let Some(conf) = conf {
+        for file in &conf.files {
+            scanned.push(Some(stored_whole(&sink, &file.rel, file.text.as_bytes())?));
+        }
+    }
     sink.finish()?;
     Ok((scanned.into_iter().flatten().collect(), sink.stored_bytes()))
+}
+
+/// A file stored whole in runs (not read from the data directory).
+fn stored_whole(sink: &crate::repo::pack::PackSink<'_>, rel: &str, bytes: &[u8]) -> Result<ScannedFile> {
+    let mut extents = Vec::new();
+    for (i, chunk) in bytes.chunks(MAX_RUN).enumerate() {
+        let run = sink.write_run(chunk)?;
+        extents.push(Extent { offset: (i * MAX_RUN) as u64, len: chunk.len() as u64, run: Some(run) });
+    }
+    Ok(ScannedFile {
+        entry: FileEntry { path: rel.to_string(), size: bytes.len() as u64, mode: 0o600, extents },
+        pages_total: 0,
+        pages_changed: 0,
+        stored_plain: bytes.len() as u64,
+        bad_pages: Vec::new(),
+    })
 }
 
 impl Manifest {

@@ -288,6 +288,7 @@ impl PreparedFork {
                 copy_begin(progress, tree.allocated_bytes());
                 files = tree.execute(self.method, true, progress)?;
                 progress.end();
+                self.copy_external_conf(staging.data(), progress)?;
                 timings.copy_ms = ms_since(step);
 
                 let step = Instant::now();
@@ -339,6 +340,7 @@ impl PreparedFork {
                 copy_begin(progress, tree.allocated_bytes());
                 files = tree.execute(self.method, false, progress)?;
                 progress.end();
+                self.copy_external_conf(staging.data(), progress)?;
                 timings.copy_ms = ms_since(step);
                 let step = Instant::now();
                 let bins = self.bins.as_ref().expect("cold forks locate binaries in prepare");
@@ -393,6 +395,21 @@ impl PreparedFork {
             connect_host,
             timings,
         })
+    }
+}
+
+impl PreparedFork {
+    /// A configuration kept outside the source (Debian's /etc/postgresql) goes into the fork,
+    /// rewritten to stand on its own.
+    fn copy_external_conf(&self, staged: &Path, progress: &dyn Progress) -> Result<()> {
+        if let Some(conf) = crate::pg::external_conf::ExternalConf::find(self.src.path())? {
+            conf.write_into(staged)?;
+            progress.note(&format!(
+                "the configuration in {} was copied into the fork (data_directory, hba_file, ident_file dropped)",
+                conf.origin.display()
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,110 @@
+//! A cluster in Debian's packaging layout (`pg_createcluster`: data in /var/lib/postgresql, its
+//! configuration in /etc/postgresql): a fork starts with a copy of the configuration, a backup
+//! carries it, verify boots the set, and a restored copy starts on its own.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+/// A `pg_createcluster` cluster of PostgreSQL 15 on a free port; dropped (stopped) on drop.
+struct DebianCluster {
+    name: String,
+    port: u16,
+    data: PathBuf,
+}
+
+impl DebianCluster {
+    fn create() -> DebianCluster {
+        let name = format!("pgfork{}", std::process::id());
+        let port = free_port();
+        let out = Command::new("pg_createcluster")
+            .args(["15", &name, "-p", &port.to_string(), "--", "--data-checksums"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_createcluster: {}", String::from_utf8_lossy(&out.stderr));
+        let cluster = DebianCluster { data: PathBuf::from(format!("/var/lib/postgresql/15/{name}")), name, port };
+        let out = Command::new("pg_ctlcluster").args(["15", &cluster.name, "start"]).output().unwrap();
+        assert!(out.status.success(), "pg_ctlcluster start: {}", String::from_utf8_lossy(&out.stderr));
+        cluster
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        psql(&PgVersion::get(15), std::path::Path::new("/var/run/postgresql"), self.port, "postgres", sql)
+    }
+}
+
+impl Drop for DebianCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_dropcluster").args(["--stop", "15", &self.name]).output();
+    }
+}
+
+#[test]
+fn a_debian_cluster_forks_backs_up_verifies_and_restores() {
+    if !can_run("a_debian_cluster_forks_backs_up_verifies_and_restores") {
+        return;
+    }
+    let cluster = DebianCluster::create();
+    assert!(!cluster.data.join("postgresql.conf").exists(), "not the Debian layout");
+    cluster.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
+    let version = PgVersion::get(15);
+
+    // A fork starts on its own: the configuration came along, rewritten.
+    let dir = PgDir::new(None, "debian-");
+    let fork = dir.path().join("fork");
+    let port = free_port();
+    let args: Vec<String> = [
+        "fork",
+        "1",
+        "-d",
+        cluster.data.to_str().unwrap(),
+        "-D",
+        fork.to_str().unwrap(),
+        "-p",
+        &cluster.port.to_string(),
+        "-P",
+        &port.to_string(),
+        "--host",
+        "/var/run/postgresql",
+        "-y",
+        "--start",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = pgfork(&strs(&args));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let conf = std::fs::read_to_string(fork.join("postgresql.conf")).unwrap();
+    assert!(!conf.lines().any(|l| l.starts_with("data_directory")), "{conf}");
+    assert!(fork.join("pg_hba.conf").exists() && fork.join("pg_ident.conf").exists());
+    let forked =
+        psql(&version, std::path::Path::new("/var/run/postgresql"), port, "postgres", "SELECT count(*) FROM t");
+    assert_eq!(forked, "1000");
+    assert_eq!(
+        psql(&version, std::path::Path::new("/var/run/postgresql"), port, "postgres", "SHOW hba_file"),
+        fork.join("pg_hba.conf").display().to_string()
+    );
+    let _ = run_as_postgres(&version.bin("pg_ctl"), &["stop", "-m", "immediate", "-D", fork.to_str().unwrap()]);
+
+    // A backup carries the configuration; verify boots the set; a restore starts on its own.
+    let repo = RepoSetup::new_for(&cluster.data, cluster.port, "/var/run/postgresql", &version, None, "");
+    repo.ok(&["stanza-create"]);
+    repo.backup("full");
+    let report: serde_json::Value = serde_json::from_str(&repo.ok(&["verify", "--output", "json"])).unwrap();
+    assert_eq!(report["proven"], true, "{report}");
+    let restored = dir.path().join("restored");
+    repo.ok(&["restore", "--data", restored.to_str().unwrap()]);
+    assert!(restored.join("postgresql.conf").exists() && restored.join("pg_hba.conf").exists());
+    let port = free_port();
+    append(&restored.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    must_run_as_postgres(
+        &version.bin("pg_ctl"),
+        &["start", "-w", "-D", restored.to_str().unwrap(), "-l", restored.with_extension("log").to_str().unwrap()],
+    );
+    let count = psql(&version, std::path::Path::new("/var/run/postgresql"), port, "postgres", "SELECT count(*) FROM t");
+    let _ = run_as_postgres(&version.bin("pg_ctl"), &["stop", "-m", "immediate", "-D", restored.to_str().unwrap()]);
+    assert_eq!(count, "1000");
+}
