@@ -10,6 +10,7 @@ pub mod error;
 pub mod fuzz;
 pub mod mount;
 pub mod ops;
+pub mod patroni;
 pub mod pg;
 pub mod progress;
 pub mod repo;

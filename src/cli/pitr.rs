@@ -10,6 +10,7 @@ use crate::cli::repo_args::RepoArgs;
 use crate::cli::restore::TargetArgs;
 use crate::ops::check::check;
 use crate::ops::fork::{ForkOptions, ModeRequest, default_destination, default_port};
+use crate::ops::pitr::in_place::{InPlace, in_place};
 use crate::ops::pitr::{PitrForkOptions, PitrForkReport, pitr_fork};
 use crate::repo::label::SetLabel;
 use crate::util::human_bytes;
@@ -18,8 +19,22 @@ use crate::util::human_bytes;
 #[derive(Debug, Clone, clap::Args)]
 pub struct PitrArgs {
     /// Fork the stanza's running cluster as fork <ID> and recover the fork (production is not touched).
-    #[arg(long = "fork", value_name = "ID")]
-    pub fork: u32,
+    #[arg(long = "fork", value_name = "ID", required_unless_present = "in_place", conflicts_with = "in_place")]
+    pub fork: Option<u32>,
+    /// Recover the stanza's own cluster in place. Under Patroni: pause failover, stop Patroni and
+    /// PostgreSQL, restore, start PostgreSQL by hand at the target for a check; then --resume.
+    #[arg(long)]
+    pub in_place: bool,
+    /// With --in-place: hand the recovered cluster back to Patroni (promote, start Patroni,
+    /// reinitialise the replicas, resume failover).
+    #[arg(long, requires = "in_place", conflicts_with = "abort")]
+    pub resume: bool,
+    /// With --in-place: back out of a recovery that has not restored yet.
+    #[arg(long, requires = "in_place")]
+    pub abort: bool,
+    /// With --in-place: recover this member although it is a replica.
+    #[arg(long, requires = "in_place")]
+    pub replica: bool,
     /// The fork's data directory [default: /pg/data<ID>].
     #[arg(short = 'D', long = "dst")]
     pub dst: Option<PathBuf>,
@@ -54,17 +69,18 @@ impl PitrArgs {
     /// Runs PITR onto a fork.
     pub fn run(self) -> anyhow::Result<()> {
         let resolved = self.repo.resolve()?;
+        let Some(id) = self.fork else { return self.run_in_place(&resolved) };
         let recovery =
             self.target.request()?.context("pitr needs a target: --type time|name|lsn|xid|immediate|default")?;
         let stanza = &resolved.stanza;
         let fork = ForkOptions {
-            id: self.fork,
+            id,
             src: stanza.data.clone(),
-            dst: self.dst.clone().unwrap_or_else(|| default_destination(self.fork)),
+            dst: self.dst.clone().unwrap_or_else(|| default_destination(id)),
             src_port: stanza.port,
             dst_port: match self.dst_port {
                 Some(port) => port,
-                None => default_port(self.fork)?,
+                None => default_port(id)?,
             },
             host: stanza.socket.clone(),
             user: stanza.user.clone(),
@@ -81,7 +97,43 @@ impl PitrArgs {
         if self.json {
             return super::print_json(&report);
         }
-        print_pitr_report(&report, self.fork);
+        print_pitr_report(&report, id);
+        Ok(())
+    }
+
+    /// `pitr --in-place`: recover, continue, hand back or back out.
+    fn run_in_place(&self, resolved: &crate::config::Resolved) -> anyhow::Result<()> {
+        let what = if self.resume {
+            InPlace::Resume
+        } else if self.abort {
+            InPlace::Abort
+        } else {
+            let request =
+                self.target.request()?.context("pitr needs a target: --type time|name|lsn|xid|immediate|default")?;
+            if !self.yes {
+                super::confirm(&format!(
+                    "recover {} in place (its PostgreSQL is stopped and its data rewritten; under Patroni, failover is paused)?",
+                    resolved.stanza.data.display()
+                ))?;
+            }
+            InPlace::Recover { request, set: self.set.clone(), replica: self.replica }
+        };
+        let report = in_place(resolved, &what, &TerminalProgress::default()).context("in-place recovery")?;
+        if self.json {
+            return super::print_json(&report);
+        }
+        for step in &report.steps {
+            println!("  {:<22} {:>8.1} s  {}", step.name, step.ms / 1000.0, step.did);
+        }
+        if let Some(reached) = &report.reached {
+            println!(
+                "  reached                {} at {} ({})",
+                reached.lsn,
+                reached.time.as_deref().unwrap_or("-"),
+                reached.state
+            );
+        }
+        println!("next: {}", report.next);
         Ok(())
     }
 }

@@ -113,6 +113,7 @@ impl RestoreArgs {
             dry_run: self.dry_run,
             tablespace_locations: Default::default(),
             live_source: None,
+            in_place: false,
         };
         let report = restore(&resolved, &opts, &TerminalProgress::default())
             .with_context(|| format!("restore of stanza {}", resolved.name))?;
@@ -251,6 +252,7 @@ impl PgPitrCli {
             dry_run: true,
             tablespace_locations: Default::default(),
             live_source: None,
+            in_place: false,
         };
         let plan = restore(&resolved, &opts, &TerminalProgress::default()).context("pg-pitr")?;
         print_restore(&plan, false)?;

@@ -69,6 +69,9 @@ pub struct StanzaConfig {
     /// Several repositories, as pgBackRest's repo1, repo2: backups go to the first unless
     /// `--repo` names another, WAL goes to every one, archive-get takes the first that has it.
     pub repos: Option<Vec<String>>,
+    /// Patroni's REST API of this member (`http://127.0.0.1:8008`) [default: found from a running
+    /// patroni process whose configuration manages the data directory].
+    pub patroni: Option<String>,
     /// Where snapshot points live [default: `pgfork-snapshots/<stanza>` beside the data
     /// directory]; on the data directory's file system, never inside it.
     pub snapshot_dir: Option<PathBuf>,

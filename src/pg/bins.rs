@@ -119,6 +119,27 @@ impl PgBin {
             .map_err(|e| Error::io("run", self.dir.join("pg_ctl"), e))?;
         check_started(data_dir, log_file, &output)
     }
+
+    /// `pg_ctl <action> -w -D <data_dir>` followed by `extra`: stop with `["-m", "fast"]`,
+    /// promote.
+    pub fn ctl_command(&self, action: &str, data_dir: &Path, extra: &[&str]) -> Command {
+        let mut command = self.command("pg_ctl");
+        command.args([action, "-w", "-D"]).arg(data_dir).args(extra).stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Runs a `pg_ctl` command built by [`PgBin::ctl_command`], its error naming the data directory.
+    pub fn run_ctl(&self, mut command: Command, action: &str, data_dir: &Path) -> Result<()> {
+        let output = command.output().map_err(|e| Error::io("run", self.dir.join("pg_ctl"), e))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(Error::Command {
+            program: format!("pg_ctl {action} -D {}", data_dir.display()),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
 }
 
 /// The error for a `pg_ctl start` that failed, with the end of the server log.

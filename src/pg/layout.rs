@@ -1,5 +1,6 @@
 //! Which files of a data directory a copy takes: the exclusions PostgreSQL's own base backup makes
-//! (transient directories, lock and signal files, temporary and unlogged relations).
+//! (transient directories, lock and signal files, temporary and unlogged relations), and Patroni's
+//! cache of its cluster's configuration.
 
 use std::collections::HashSet;
 
@@ -20,6 +21,9 @@ pub const EXCLUDED_FILES: &[&str] = &[
     "current_logfiles.tmp",
     "recovery.signal",
     "standby.signal",
+    // Patroni's cache of its cluster's dynamic configuration ("pause": true among it): a copy
+    // started under another Patroni must take that cluster's, not this one's.
+    "patroni.dynamic.json",
 ];
 
 /// What to do with one entry, judged by its path relative to the data directory root.

@@ -2,10 +2,8 @@
 //! anything is written that the WAL from the set's start to the target is archived and continuous
 //! (following timeline history), and produces the settings that make PostgreSQL recover there.
 
-use std::path::Path;
-
 use chrono::{DateTime, FixedOffset};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
@@ -16,7 +14,7 @@ use crate::stanza::preflight::StartingPoint;
 use crate::stanza::{Stanza, preflight};
 
 /// Where recovery stops.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
     /// The end of the archived WAL.
     Default,
@@ -33,7 +31,7 @@ pub enum Target {
 }
 
 /// What the server does at the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetAction {
     /// Pause (hot standby; promote by hand).
@@ -45,7 +43,7 @@ pub enum TargetAction {
 }
 
 /// Which timeline recovery follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TargetTimeline {
     /// The newest in the archive.
     Latest,
@@ -81,7 +79,7 @@ impl std::fmt::Display for TargetTimeline {
 }
 
 /// A recovery request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecoveryRequest {
     /// Where to stop.
     pub target: Target,
@@ -202,7 +200,7 @@ pub fn set_and_plan(
         Some(chosen) => manifests.swap_remove(chosen),
         None => stanza.manifest(&label)?,
     };
-    let command = restore_command(stanza.config.config_path.as_deref(), stanza.name());
+    let command = restore_command(&stanza.config);
     let plan = plan(stanza, &StartingPoint::of_set(&manifest)?, request, &command)?;
     Ok((manifest, Some(plan)))
 }
@@ -294,11 +292,14 @@ pub fn restored_settings(label: &SetLabel, plan: Option<&RecoveryPlan>) -> (Stri
     }
 }
 
-/// The restore_command that fetches from this configuration's stanza.
-pub fn restore_command(config: Option<&Path>, stanza: &str) -> String {
+/// The restore_command that fetches from this configuration's stanza: from the repository the
+/// restore reads when the stanza has several (every one holds the same WAL, and one that cannot be
+/// reached must not stop recovery from another).
+pub fn restore_command(resolved: &crate::config::Resolved) -> String {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgfork".into());
-    let config = config.map(|c| format!(" --config \"{}\"", c.display())).unwrap_or_default();
-    format!("\"{exe}\" archive-get %f \"%p\" --stanza \"{stanza}\"{config}")
+    let config = resolved.config_path.as_ref().map(|c| format!(" --config \"{}\"", c.display())).unwrap_or_default();
+    let repo = if resolved.repos.len() > 1 { format!(" --repo \"{}\"", resolved.repo_name) } else { String::new() };
+    format!("\"{exe}\" archive-get %f \"%p\" --stanza \"{}\"{config}{repo}", resolved.name)
 }
 
 #[cfg(test)]

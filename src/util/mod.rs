@@ -2,6 +2,7 @@
 //! byte-size formatting.
 
 pub mod fsx;
+pub mod runtime;
 pub mod signals;
 
 /// Milliseconds since `started`, to a tenth: the unit of every timing in reports.

@@ -396,6 +396,7 @@ macro_rules! on_each_version {
 }
 
 pub mod heartbeat;
+pub mod patroni;
 pub mod s3;
 pub mod scenarios;
 

@@ -1,5 +1,7 @@
 //! The settings that make a fork safe to start beside its source: its own port and name, no
-//! archiving into the source's repository, no replication or recovery settings inherited.
+//! archiving into the source's repository, no replication or recovery settings inherited, its own
+//! copies of configuration files the source names by absolute path inside its data directory (as
+//! Patroni's generated postgresql.conf does).
 
 use std::path::Path;
 
@@ -12,6 +14,22 @@ pub struct SourceSettings {
     pub cluster_name: String,
     /// `log_directory` of the source.
     pub log_directory: String,
+    /// `hba_file` of the source.
+    pub hba_file: String,
+    /// `ident_file` of the source.
+    pub ident_file: String,
+}
+
+impl SourceSettings {
+    /// Reads the settings with `show` (a running server's `SHOW`, or `postgres -C`).
+    pub fn read(mut show: impl FnMut(&str) -> crate::error::Result<String>) -> crate::error::Result<SourceSettings> {
+        Ok(SourceSettings {
+            cluster_name: show("cluster_name")?,
+            log_directory: show("log_directory")?,
+            hba_file: show("hba_file")?,
+            ident_file: show("ident_file")?,
+        })
+    }
 }
 
 /// The `cluster_name` a fork gets: `<source name>-fork<ID>`, the source directory's name standing
@@ -29,6 +47,7 @@ pub fn fork_cluster_name(source: &SourceSettings, src_dir: &Path, id: u32) -> St
 pub fn fork_settings(
     source: &SourceSettings,
     src_dir: &Path,
+    dst_dir: &Path,
     port: u16,
     cluster_name: &str,
 ) -> Vec<(&'static str, String)> {
@@ -51,6 +70,13 @@ pub fn fork_settings(
     if log_dir.is_absolute() && !log_dir.starts_with(src_dir) {
         settings.push(("log_directory", "log".to_string()));
     }
+    // A file named by an absolute path inside the source is the source's, not the fork's copy: the
+    // source's manager may rewrite it, and the fork would take that on its next reload.
+    for (name, value) in [("hba_file", &source.hba_file), ("ident_file", &source.ident_file)] {
+        if let Ok(rel) = Path::new(value).strip_prefix(src_dir) {
+            settings.push((name, dst_dir.join(rel).display().to_string()));
+        }
+    }
     settings
 }
 
@@ -67,15 +93,26 @@ mod tests {
 
     #[test]
     fn settings_cut_every_tie_to_the_source() {
-        let source = SourceSettings { cluster_name: "x".into(), log_directory: "/pg/log/postgres".into() };
-        let settings = fork_settings(&source, Path::new("/pg/data"), 15432, "x-fork1");
+        let source = SourceSettings {
+            cluster_name: "x".into(),
+            log_directory: "/pg/log/postgres".into(),
+            hba_file: "/pg/data/pg_hba.conf".into(),
+            ident_file: "/etc/postgresql/15/main/pg_ident.conf".into(),
+        };
+        let settings = fork_settings(&source, Path::new("/pg/data"), Path::new("/pg/fork1"), 15432, "x-fork1");
         let get = |name: &str| settings.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
         assert_eq!(get("port"), Some("15432"));
         assert_eq!(get("archive_mode"), Some("off"));
         assert_eq!(get("primary_conninfo"), Some(""));
         assert_eq!(get("recovery_target_time"), Some(""));
         assert_eq!(get("log_directory"), Some("log"));
+        assert_eq!(get("hba_file"), Some("/pg/fork1/pg_hba.conf"));
+        assert_eq!(get("ident_file"), None, "a file outside the source is left as it is");
         let relative = SourceSettings { log_directory: "log".into(), ..Default::default() };
-        assert!(!fork_settings(&relative, Path::new("/pg/data"), 1, "n").iter().any(|(n, _)| *n == "log_directory"));
+        assert!(
+            !fork_settings(&relative, Path::new("/pg/data"), Path::new("/f"), 1, "n")
+                .iter()
+                .any(|(n, _)| *n == "log_directory")
+        );
     }
 }

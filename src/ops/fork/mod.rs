@@ -323,10 +323,7 @@ impl PreparedFork {
                         0o600,
                     )?;
                 }
-                settings = SourceSettings {
-                    cluster_name: session.show("cluster_name")?,
-                    log_directory: session.show("log_directory")?,
-                };
+                settings = SourceSettings::read(|name| session.show(name))?;
                 connect_host = first_socket_dir(&session.show("unix_socket_directories")?);
                 timings.finish_ms = ms_since(step);
                 start_lsn = Some(start);
@@ -344,10 +341,7 @@ impl PreparedFork {
                 timings.copy_ms = ms_since(step);
                 let step = Instant::now();
                 let bins = self.bins.as_ref().expect("cold forks locate binaries in prepare");
-                settings = SourceSettings {
-                    cluster_name: bins.config_value(staging.data(), "cluster_name")?,
-                    log_directory: bins.config_value(staging.data(), "log_directory")?,
-                };
+                settings = SourceSettings::read(|name| bins.config_value(staging.data(), name))?;
                 connect_host = first_socket_dir(&bins.config_value(staging.data(), "unix_socket_directories")?);
                 timings.finish_ms = ms_since(step);
                 start_lsn = None;
@@ -360,7 +354,7 @@ impl PreparedFork {
         let step = Instant::now();
         let cluster_name = fork_cluster_name(&settings, self.src.path(), self.opts.id);
         let reason = format!("pgfork: fork {} of {}", self.opts.id, self.src.path().display());
-        let fork_conf = fork_settings(&settings, self.src.path(), self.opts.dst_port, &cluster_name);
+        let fork_conf = fork_settings(&settings, self.src.path(), &dst, self.opts.dst_port, &cluster_name);
         set_auto_conf(staging.data(), &reason, &fork_conf)?;
         fsx::sync_filesystem(staging.data())?;
         if let Destination::Replace(paths) = &self.destination {

@@ -25,6 +25,7 @@ pub fn run(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Progress)
         dry_run: true,
         tablespace_locations: Default::default(),
         live_source: None,
+        in_place: false,
     };
     // Everything the recovery needs is checked before the fork is made.
     let checked = restore(resolved, &restore_opts, progress)?;

@@ -42,7 +42,7 @@ pub fn run(
     let destination = check_destination(&opts.fork, src.path())?;
     let socket_dirs: Vec<_> = PostmasterPid::read(src.path())?.and_then(|p| p.socket_dir).into_iter().collect();
     check_port(&opts.fork, &socket_dirs)?;
-    let command = restore_command(resolved.config_path.as_deref(), stanza.name());
+    let command = restore_command(resolved);
     let plan = plan(&stanza, &StartingPoint::of_snapshot(point), &opts.recovery, &command)?;
     let bins = PgBin::locate(point.pg_version, opts.fork.bindir.as_deref(), Some(src.path()))?;
 
@@ -59,16 +59,14 @@ pub fn run(
         let entries: Vec<(u32, &std::path::Path)> = locations.iter().map(|(o, p)| (*o, p.as_path())).collect();
         fsx::write_atomic(&data.join("tablespace_map"), tablespace_map(&entries)?.as_bytes(), 0o600)?;
     }
-    let source = SourceSettings {
-        cluster_name: bins.config_value(data, "cluster_name")?,
-        log_directory: bins.config_value(data, "log_directory")?,
-    };
+    let source = SourceSettings::read(|name| bins.config_value(data, name))?;
     let connect_host = first_socket_dir(&bins.config_value(data, "unix_socket_directories")?);
     let cluster_name = fork_cluster_name(&source, src.path(), opts.fork.id);
-    let own: Vec<(&str, String)> = fork_settings(&source, src.path(), opts.fork.dst_port, &cluster_name)
-        .into_iter()
-        .filter(|(k, _)| !RECOVERY_TARGETS.contains(k))
-        .collect();
+    let own: Vec<(&str, String)> =
+        fork_settings(&source, src.path(), &opts.fork.dst, opts.fork.dst_port, &cluster_name)
+            .into_iter()
+            .filter(|(k, _)| !RECOVERY_TARGETS.contains(k))
+            .collect();
     set_auto_conf(data, &format!("pgfork: fork {} of {}", opts.fork.id, src.path().display()), &own)?;
     let recovery: Vec<(&str, String)> = plan.settings.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     set_auto_conf(data, &format!("pgfork: recovery from snapshot point {}", point.id), &recovery)?;

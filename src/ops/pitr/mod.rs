@@ -7,6 +7,7 @@
 
 mod from_set;
 mod from_snapshot;
+pub mod in_place;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -125,7 +126,7 @@ fn snapshot_for(resolved: &Resolved, opts: &PitrForkOptions) -> Result<Option<Fo
 }
 
 /// The user owning `dir`, by name.
-fn owner_name(dir: &Path) -> String {
+pub(crate) fn owner_name(dir: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir)
         .ok()

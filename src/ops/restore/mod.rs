@@ -47,6 +47,10 @@ pub struct RestoreOptions {
     /// LSN there is older than the set's start are unchanged since the set, so the fork already
     /// holds them: they are neither read from the repository nor compared.
     pub live_source: Option<PathBuf>,
+    /// The caller is `pitr --in-place`: it restores into the stanza's own data directory although
+    /// Patroni manages it (having paused Patroni), and stops the server itself, so its dry run (a
+    /// pre-flight made while the server still runs) does not refuse a running server.
+    pub in_place: bool,
 }
 
 /// What a restore did.
@@ -83,14 +87,30 @@ pub struct RestoreReport {
     pub notes: Vec<String>,
 }
 
-/// Restores a set into `opts.data`.
+/// Restores a set into `opts.data`, acting as the repository's user.
 pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
-    let started = Instant::now();
     become_repository_user(resolved)?;
+    restore_as_caller(resolved, opts, progress)
+}
+
+/// [`restore`] as whoever runs it: for a caller that has settled who it acts as (a dry run by a
+/// root that still has to stop Patroni, or a process that already switched).
+pub fn restore_as_caller(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+    let started = Instant::now();
     let stanza = Stanza::open(resolved)?;
     let (manifest, plan) = set_and_plan(&stanza, opts.set.as_ref(), opts.recovery.as_ref())?;
-    // Refusals come before the dry run returns: a plan for a directory that cannot take it is no plan.
-    let destination = Destination::check(&opts.data, &manifest, &opts.tablespace_locations, opts.delta)?;
+    // Refusals come before the dry run returns: a plan for a directory that cannot take it is no
+    // plan. Patroni's first: stopping its PostgreSQL by hand, as the others advise, would only make
+    // Patroni start it again or fail over.
+    if !opts.in_place
+        && opts.data == resolved.stanza.data
+        && let Some(member) = crate::patroni::Member::detect(resolved)?
+    {
+        return Err(crate::patroni::refuse_managed(&member, &format!("restore into {}", opts.data.display())));
+    }
+    let server_stops_first = opts.in_place && opts.dry_run;
+    let destination =
+        Destination::check(&opts.data, &manifest, &opts.tablespace_locations, opts.delta, server_stops_first)?;
     let mut report = RestoreReport {
         stanza: stanza.name().to_string(),
         label: manifest.label.clone(),
@@ -118,7 +138,7 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
     report.bytes_unchanged = counts.unchanged.into_inner();
     report.bytes_cloned = counts.cloned.into_inner();
     laps.lap("files");
-    report.notes = write_recovery_files(&stanza, &manifest, &destination, report.plan.as_ref())?;
+    report.notes = write_recovery_files(&stanza, &manifest, &destination, report.plan.as_ref(), opts.in_place)?;
     laps.lap("wal");
     // Files were flushed as they completed (a syncfs would also wait for every other writer of
     // the file system, such as a running server's checkpoint); now the directories.
@@ -190,12 +210,14 @@ fn write_files(
 
 /// Writes what makes the directory start where it should: the set's WAL, backup_label, the
 /// tablespace map, the postgresql.auto.conf settings and, with a plan, recovery.signal. Returns
-/// what the DBA does next.
+/// what the DBA does next. `in_place`: the stanza's own cluster keeps archiving into its repository
+/// (PostgreSQL archives nothing before promotion, then the new timeline).
 fn write_recovery_files(
     stanza: &Stanza,
     manifest: &Manifest,
     destination: &Destination,
     plan: Option<&RecoveryPlan>,
+    in_place: bool,
 ) -> Result<Vec<String>> {
     let target = destination.data.as_path();
     let reader = stanza.runs();
@@ -209,7 +231,11 @@ fn write_recovery_files(
         fsx::write_atomic(&target.join("tablespace_map"), tablespace_map(&entries)?.as_bytes(), 0o600)?;
     }
     let (reason, settings) = restored_settings(&manifest.label, plan);
-    let settings: Vec<(&str, String)> = settings.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let settings: Vec<(&str, String)> = settings
+        .iter()
+        .filter(|(k, _)| !(in_place && k == "archive_mode"))
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     set_auto_conf(target, &reason, &settings)?;
     if plan.is_none() {
         return Ok(vec![

@@ -24,22 +24,23 @@ pub struct Destination {
 
 impl Destination {
     /// The destination of `manifest` in `data` (tablespaces at `overrides` or their recorded
-    /// locations), refused when a running server owns a directory or, without delta, one is not
-    /// empty.
+    /// locations), refused when a running server owns a directory (unless `server_stops_first`: a
+    /// pre-flight of a caller that stops it) or, without delta, one is not empty.
     pub fn check(
         data: &Path,
         manifest: &Manifest,
         overrides: &std::collections::BTreeMap<u32, PathBuf>,
         delta: bool,
+        server_stops_first: bool,
     ) -> Result<Destination> {
         let locations: Vec<(u32, PathBuf)> = manifest
             .tablespaces
             .iter()
             .map(|t| (t.oid, overrides.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location))))
             .collect();
-        check_target(data, delta)?;
+        check_target(data, delta, server_stops_first)?;
         for (_, location) in &locations {
-            check_target(location, delta)?;
+            check_target(location, delta, server_stops_first)?;
         }
         Ok(Destination { data: data.to_path_buf(), locations, delta })
     }
@@ -59,8 +60,8 @@ impl Destination {
 }
 
 /// Refuses a directory a running server owns, and a non-empty one without delta.
-fn check_target(dir: &Path, delta: bool) -> Result<()> {
-    if let Some(pid) = PostmasterPid::running(dir) {
+fn check_target(dir: &Path, delta: bool, server_stops_first: bool) -> Result<()> {
+    if let Some(pid) = PostmasterPid::running(dir).filter(|_| !server_stops_first) {
         return Err(Error::refused(
             format!("{} belongs to a running server (pid {}, port {})", dir.display(), pid.pid, pid.port),
             Some("stop it before restoring into it".into()),
@@ -144,5 +145,30 @@ fn remove_extra_files(target: &Path, manifest: &Manifest, locations: &[(u32, Pat
             }
         }
     }
+    remove_extra_dirs(target, manifest)?;
     Ok(removed)
+}
+
+/// Removes the directories of `target` the set does not have, now emptied of files: a leftover
+/// such as a replication slot's `pg_replslot/<slot>` would stop the server at startup.
+fn remove_extra_dirs(target: &Path, manifest: &Manifest) -> Result<()> {
+    let wanted: HashSet<&str> = manifest.dirs.iter().map(|d| d.path.as_str()).collect();
+    let walker = walkdir::WalkDir::new(target).min_depth(1).follow_links(false).contents_first(true);
+    for entry in walker {
+        let entry = entry.map_err(|e| Error::io("walk", target, e.into()))?;
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(target) else { continue };
+        if wanted.contains(rel.to_string_lossy().as_ref()) {
+            continue;
+        }
+        match std::fs::remove_dir(entry.path()) {
+            Ok(()) => {}
+            // Something else the set does not name (a socket, a link) is left with its directory.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+            Err(e) => return Err(Error::io("remove", entry.path(), e)),
+        }
+    }
+    Ok(())
 }

@@ -15,7 +15,6 @@
 mod expiring;
 mod local;
 mod local_lock;
-mod runtime;
 mod s3;
 
 pub use local::LocalStorage;

@@ -25,8 +25,8 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::S3Credentials;
 use crate::error::{Error, Result};
-use crate::repo::storage::runtime::block_on;
 use crate::repo::storage::{Held, ObjectMeta, Storage, expiring};
+use crate::util::runtime::block_on;
 
 /// Objects larger than this are uploaded in parts.
 const MULTIPART_ABOVE: usize = 64 << 20;
@@ -78,7 +78,7 @@ impl S3Storage {
     /// A client for the bucket (nothing is requested yet).
     pub fn new(settings: &S3Settings) -> Result<S3Storage> {
         // The TLS stack needs its cryptography chosen once per process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::util::runtime::install_crypto();
         let location = format!(
             "s3://{}/{} at {}",
             settings.bucket,

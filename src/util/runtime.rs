@@ -1,5 +1,5 @@
-//! The one asynchronous runtime of the process, for object storage: the S3 client is async, while
-//! FUSE callbacks, rayon workers and the rest of pgfork are synchronous. Every request is driven
+//! The one asynchronous runtime of the process, for HTTP clients (object storage, Patroni's REST
+//! API): they are async, while FUSE callbacks, rayon workers and the rest of pgfork are synchronous. Every request is driven
 //! from a synchronous thread with [`block_on`]; the runtime's two workers drive connections and
 //! the parts of multipart uploads. One runtime for every store: a pooled connection belongs to the
 //! runtime that opened it, and a request from another would wait on a connection nobody drives.
@@ -22,4 +22,10 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
                 .expect("the object storage runtime starts (threads and timers are available)")
         })
         .block_on(future)
+}
+
+/// Chooses the TLS stack's cryptography once per process (the HTTP clients are built without a
+/// default one); later calls do nothing.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
