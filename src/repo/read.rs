@@ -56,17 +56,24 @@ impl<'a> RunReader<'a> {
         self.decode(run, &stored, file)
     }
 
-    /// The plaintexts of several runs of one pack, fetched together (a store may coalesce
-    /// neighbouring ranges into one request); each decoded and checked on its own.
-    pub fn read_many(&self, runs: &[RunRef], file: &str) -> Result<Vec<Result<Vec<u8>>>> {
+    /// Whether `run` lives in a remote store, where a request costs a round trip.
+    pub fn is_remote(&self, run: &RunRef) -> bool {
+        self.repo.storage().local_path(&self.repo.layout().pack(&run.set, run.pack)).is_none()
+    }
+
+    /// The stored (still encoded) bytes of several runs of one pack, fetched together; decode each
+    /// with [`RunReader::decode`].
+    pub fn fetch_stored(&self, runs: &[&RunRef], file: &str) -> Result<Vec<Vec<u8>>> {
         let Some(first) = runs.first() else { return Ok(Vec::new()) };
         let key = self.repo.layout().pack(&first.set, first.pack);
         let ranges: Vec<(u64, u64)> = runs.iter().map(|r| (r.at, u64::from(r.stored))).collect();
-        let stored = self
-            .repo
-            .storage()
-            .get_ranges(&key, &ranges)
-            .map_err(|e| Error::invalid(run_what(first, file), e.to_string()))?;
+        self.repo.storage().get_ranges(&key, &ranges).map_err(|e| Error::invalid(run_what(first, file), e.to_string()))
+    }
+
+    /// The plaintexts of several runs of one pack, fetched together (a store may coalesce
+    /// neighbouring ranges into one request); each decoded and checked on its own.
+    pub fn read_many(&self, runs: &[RunRef], file: &str) -> Result<Vec<Result<Vec<u8>>>> {
+        let stored = self.fetch_stored(&runs.iter().collect::<Vec<_>>(), file)?;
         Ok(runs.iter().zip(stored).map(|(run, bytes)| self.decode(run, &bytes, file)).collect())
     }
 

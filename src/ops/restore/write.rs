@@ -1,8 +1,11 @@
 //! Writing a set's files: each file created at its final size, then its extents written in slices
 //! of about 32 MiB on several threads — cloned from an unencoded local repository where the file
 //! system allows, skipped where a live cluster shows the page unchanged, compared first with a
-//! delta — and flushed as soon as its last slice is written.
+//! delta — and flushed as soon as its last slice is written. From an object store, the runs a
+//! slice needs are fetched together first (neighbouring ranges of a pack coalesce into one request,
+//! several in flight): one request per run would spend the restore waiting on round trips.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -85,14 +88,22 @@ pub struct FileWriter<'a> {
     pub counts: &'a Counts,
 }
 
-/// One file being written by one thread: its handle, the live copy, the last run decoded and the
-/// pack file last cloned from.
+/// A run's place: its set, pack and offset.
+type RunKey = (crate::repo::label::SetLabel, u32, u64);
+
+fn run_key(run: &RunRef) -> RunKey {
+    (run.set.clone(), run.pack, run.at)
+}
+
+/// One file being written by one thread: its handle, the live copy, the last run decoded, the
+/// stored bytes of the runs fetched ahead, and the pack file last cloned from.
 struct Open<'a> {
     entry: &'a FileEntry,
     path: PathBuf,
     file: File,
     live: Option<(LiveHint<'a>, File)>,
     run: Option<(RunRef, Vec<u8>)>,
+    fetched: HashMap<RunKey, Vec<u8>>,
     pack: Option<(PathBuf, File)>,
     scratch: Vec<u8>,
 }
@@ -107,13 +118,49 @@ impl FileWriter<'_> {
             .live
             .filter(|_| self.delta && selects_by_lsn(&entry.path))
             .and_then(|hint| File::open(hint.dir.join(&entry.path)).ok().map(|f| (hint, f)));
-        let mut open = Open { entry, path, file, live, run: None, pack: None, scratch: Vec::new() };
+        let mut open =
+            Open { entry, path, file, live, run: None, fetched: HashMap::new(), pack: None, scratch: Vec::new() };
+        let mut todo = Vec::with_capacity(extents.len());
         for extent in extents {
             if self.try_clone(&mut open, extent)? {
                 self.counts.cloned.fetch_add(extent.len, Ordering::Relaxed);
                 continue;
             }
-            self.write_extent(&mut open, extent)?;
+            let len = usize::try_from(extent.len).map_err(|_| Error::invalid(&open.entry.path, "extent too large"))?;
+            let stale = self.stale_pages(&mut open, extent, len)?;
+            if stale.as_ref().is_some_and(|flags| !flags.contains(&true)) {
+                self.counts.unchanged.fetch_add(extent.len, Ordering::Relaxed);
+                continue;
+            }
+            todo.push((extent, len, stale));
+        }
+        self.fetch_ahead(&mut open, todo.iter().filter_map(|(extent, _, _)| extent.run.as_ref()))?;
+        for (extent, len, stale) in todo {
+            self.write_extent(&mut open, extent, len, stale)?;
+        }
+        Ok(())
+    }
+
+    /// From a remote repository: fetches the stored bytes of every run in `runs` at once, a
+    /// request per pack (the store coalesces neighbouring ranges and fetches several at a time).
+    /// A local repository reads each run when it is needed.
+    fn fetch_ahead<'r>(&self, open: &mut Open<'_>, runs: impl Iterator<Item = &'r RunRef>) -> Result<()> {
+        let mut by_pack: Vec<Vec<&RunRef>> = Vec::new();
+        for run in runs {
+            if !self.reader.is_remote(run) || open.fetched.contains_key(&run_key(run)) {
+                continue;
+            }
+            open.fetched.insert(run_key(run), Vec::new());
+            match by_pack.iter_mut().find(|group| group[0].set == run.set && group[0].pack == run.pack) {
+                Some(group) => group.push(run),
+                None => by_pack.push(vec![run]),
+            }
+        }
+        for group in by_pack {
+            let stored = self.reader.fetch_stored(&group, &open.entry.path)?;
+            for (run, bytes) in group.into_iter().zip(stored) {
+                open.fetched.insert(run_key(run), bytes);
+            }
         }
         Ok(())
     }
@@ -151,13 +198,7 @@ impl FileWriter<'_> {
 
     /// Writes one extent: skipping pages the live cluster shows unchanged, and with delta what is
     /// already right.
-    fn write_extent(&self, open: &mut Open<'_>, extent: &Extent) -> Result<()> {
-        let len = usize::try_from(extent.len).map_err(|_| Error::invalid(&open.entry.path, "extent too large"))?;
-        let stale = self.stale_pages(open, extent, len)?;
-        if stale.as_ref().is_some_and(|flags| !flags.contains(&true)) {
-            self.counts.unchanged.fetch_add(extent.len, Ordering::Relaxed);
-            return Ok(());
-        }
+    fn write_extent(&self, open: &mut Open<'_>, extent: &Extent, len: usize, stale: Option<Vec<bool>>) -> Result<()> {
         let wanted = match &extent.run {
             // A hole in a new file reads as zeros.
             None if !self.delta => return Ok(()),
@@ -215,7 +256,11 @@ impl FileWriter<'_> {
     fn run_bytes(&self, open: &mut Open<'_>, run: &RunRef, len: usize) -> Result<Vec<u8>> {
         let same = open.run.as_ref().is_some_and(|(r, _)| r.set == run.set && r.pack == run.pack && r.at == run.at);
         if !same {
-            open.run = Some((run.clone(), self.reader.read(run, &open.entry.path)?));
+            let plain = match open.fetched.get(&run_key(run)) {
+                Some(stored) if !stored.is_empty() => self.reader.decode(run, stored, &open.entry.path)?,
+                _ => self.reader.read(run, &open.entry.path)?,
+            };
+            open.run = Some((run.clone(), plain));
         }
         let plain = open.run.as_ref().map(|(_, p)| p.as_slice()).unwrap_or_default();
         let skip = run.skip as usize;
