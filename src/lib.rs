@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod mount;
 pub mod ops;
 pub mod pg;
+pub mod pgbr;
 pub mod progress;
 pub mod repo;
 pub mod scan;
