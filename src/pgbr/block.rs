@@ -251,7 +251,11 @@ pub(super) fn dechunk(buf: &[u8]) -> std::result::Result<Vec<u8>, String> {
         if header == 0 {
             break;
         }
-        let size = if last == 0 { header as i64 } else { unzigzag(header - 1) + last };
+        let size = if last == 0 {
+            i64::try_from(header).map_err(|_| "chunk too large")?
+        } else {
+            unzigzag(header - 1).checked_add(last).ok_or("chunk too large")?
+        };
         let len = usize::try_from(size).map_err(|_| format!("chunk of {size} bytes"))?;
         let data = buf.get(pos..pos.saturating_add(len)).filter(|_| len > 0).ok_or("truncated chunk")?;
         out.extend_from_slice(data);
@@ -320,13 +324,19 @@ pub(super) fn parse_map(buf: &[u8], block_size: u64, checksum_size: u64) -> std:
                 sb_enc = read_varint(buf, &mut pos)?;
                 size = sb_enc >> 3;
                 if size_last != 0 {
-                    size = u64::try_from(unzigzag(size) + size_last as i64).map_err(|_| "negative super block size")?;
+                    size = i64::try_from(size_last)
+                        .ok()
+                        .and_then(|last| unzigzag(size).checked_add(last))
+                        .and_then(|size| u64::try_from(size).ok())
+                        .ok_or("bad super block size")?;
                 }
                 if sb_enc & 2 != 0 {
                     let sbs_enc = read_varint(buf, &mut pos)?;
                     super_block_size = (sbs_enc >> 1).checked_mul(block_size).ok_or("super block size overflow")?;
                     if sbs_enc & 1 != 0 {
-                        super_block_size += read_varint(buf, &mut pos)?;
+                        super_block_size = super_block_size
+                            .checked_add(read_varint(buf, &mut pos)?)
+                            .ok_or("super block size overflow")?;
                     }
                     state.super_block_size = super_block_size;
                 }
@@ -343,7 +353,8 @@ pub(super) fn parse_map(buf: &[u8], block_size: u64, checksum_size: u64) -> std:
             let block_total = if sb_enc & 4 != 0 {
                 let bt_enc = read_varint(buf, &mut pos)?;
                 if bt_enc & 1 != 0 {
-                    state.block += read_varint(buf, &mut pos)?;
+                    state.block =
+                        state.block.checked_add(read_varint(buf, &mut pos)?).ok_or("block number overflow")?;
                 }
                 (bt_enc >> 1) + 1
             } else {
@@ -361,11 +372,11 @@ pub(super) fn parse_map(buf: &[u8], block_size: u64, checksum_size: u64) -> std:
                     offset,
                     size,
                     super_block_size,
-                    block: state.block + i,
+                    block: state.block.checked_add(i).ok_or("block number overflow")?,
                     checksum,
                 });
             }
-            state.block += block_total;
+            state.block = state.block.checked_add(block_total).ok_or("block number overflow")?;
             offset = offset.checked_add(size).ok_or("offset overflow")?;
             if sb_enc & 1 != 0 {
                 break;
@@ -384,6 +395,16 @@ pub(super) fn parse_map(buf: &[u8], block_size: u64, checksum_size: u64) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn damaged_maps_and_chunks_are_errors_not_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_map(&bytes, 8192, 6);
+            let _ = parse_map(&bytes, 16384, 1);
+            let _ = dechunk(&bytes);
+        }
+    }
 
     #[test]
     fn varints_and_chunks() {

@@ -60,6 +60,8 @@ fn read_everything(variant: &str) {
     assert_eq!(labels.join(" "), fixture.meta["LABELS"], "{variant}: sets");
     assert_eq!(stanza.system_identifier().to_string(), fixture.meta["SYSTEM_ID"]);
     assert_eq!(stanza.pg_version(), 15);
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    send_sync(&stanza);
     let block = fixture.meta["EXTRAS"].contains("block");
     let mut files = 0;
     let mut block_files = 0;
@@ -70,6 +72,10 @@ fn read_everything(variant: &str) {
         assert_eq!(manifest.options.compress_type.name(), fixture.meta["COMPRESS_TYPE"]);
         assert_eq!(manifest.options.encrypted, fixture.pass().is_some());
         assert_eq!(manifest.block_incremental, block);
+        assert_eq!(set.block_incremental, block);
+        assert_eq!((manifest.start_lsn, manifest.stop_lsn), (set.start_lsn, set.stop_lsn));
+        assert_eq!(manifest.prior, set.prior);
+        assert_eq!(manifest.references[..manifest.references.len() - 1], set.references[..]);
         assert_eq!(manifest.timeline, manifest.archive_start.as_deref().map(info::timeline_of));
         assert!(manifest.paths.iter().any(|p| p.name == "pg_data" && p.mode == 0o700));
         let total: u64 = manifest.files.iter().map(|f| f.size).sum();

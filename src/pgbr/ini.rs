@@ -164,6 +164,14 @@ pub fn as_str<'a>(value: Option<&'a Value>, what: &str, key: &str) -> Result<&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn garbage_is_an_error_not_a_panic(text in "(\\[[a-z:]{0,8}\\]|[a-z=\"{}0-9\\[\\]]{0,12}|\n){0,30}") {
+            let _ = Ini::parse(text.as_bytes(), "x");
+        }
+    }
 
     /// Builds a file the way pgBackRest writes it, with its checksum.
     fn render(body: &str) -> String {

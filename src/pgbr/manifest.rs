@@ -333,7 +333,10 @@ fn parse_files(ini: &Ini, what: &str) -> Result<Vec<PgbrFile>> {
             Some(0) => return Err(Error::invalid(&file_what, "block size 0")),
             Some(bi) => Some(PgbrBlockIncr {
                 block_size: bi.checked_mul(8192).ok_or_else(|| Error::invalid(&file_what, "block size"))?,
-                checksum_size: num("bic")?.unwrap_or(6).clamp(1, 16),
+                checksum_size: match num("bic")?.unwrap_or(6) {
+                    size @ 1..=16 => size,
+                    other => return Err(Error::invalid(&file_what, format!("block checksum size {other}"))),
+                },
                 map_size: num("bim")?.ok_or_else(|| Error::invalid(&file_what, "block-incremental without bim"))?,
             }),
         };
