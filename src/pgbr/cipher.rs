@@ -77,6 +77,20 @@ pub fn decrypt(data: &[u8], pass: &CipherPass, raw: bool) -> io::Result<Vec<u8>>
     Ok(out)
 }
 
+/// Encrypts as pgBackRest does (for tests that build repositories).
+#[cfg(test)]
+pub(crate) fn encrypt(plain: &[u8], pass: &CipherPass, salt: [u8; 8], raw: bool) -> Vec<u8> {
+    use cbc::cipher::BlockModeEncrypt;
+    let (key, iv) = bytes_to_key(&pass.0, &salt);
+    let pad = BLOCK - plain.len() % BLOCK;
+    let mut buf = plain.to_vec();
+    buf.resize(plain.len() + pad, pad as u8);
+    let (blocks, _) = Array::slice_as_chunks_mut(&mut buf);
+    cbc::Encryptor::<Aes256>::new(&key.into(), &iv.into()).encrypt_blocks(blocks);
+    let magic: &[u8] = if raw { b"" } else { MAGIC };
+    [magic, &salt, &buf].concat()
+}
+
 /// Whether `data` starts like a normal encrypted stream.
 pub fn is_encrypted(data: &[u8]) -> bool {
     data.starts_with(MAGIC)
@@ -206,6 +220,13 @@ mod tests {
 
     proptest! {
         #[test]
+        fn round_trips(plain in proptest::collection::vec(any::<u8>(), 0..600), salt: [u8; 8], raw: bool) {
+            let pass = CipherPass::new("pass");
+            let data = encrypt(&plain, &pass, salt, raw);
+            prop_assert_eq!(decrypt(&data, &pass, raw).unwrap(), plain);
+        }
+
+        #[test]
         fn garbage_is_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..100), raw: bool) {
             let mut data = if raw { Vec::new() } else { MAGIC.to_vec() };
             data.extend_from_slice(&bytes);
@@ -246,6 +267,7 @@ mod tests {
         assert_eq!(decrypt(&salted(&HELLO), &pass, false).unwrap(), b"hello pgbackrest");
         assert_eq!(decrypt(&[&SALT[..], &HELLO].concat(), &pass, true).unwrap(), b"hello pgbackrest");
         assert_eq!(decrypt(&salted(&EMPTY), &pass, false).unwrap(), b"");
+        assert_eq!(encrypt(b"hello pgbackrest", &pass, SALT, false), salted(&HELLO));
         // Read one byte at a time through the streaming reader.
         let data = salted(&HELLO);
         let mut reader = DecryptReader::new(OneByte(&data[..]), pass, false);

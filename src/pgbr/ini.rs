@@ -161,6 +161,35 @@ pub fn as_str<'a>(value: Option<&'a Value>, what: &str, key: &str) -> Result<&'a
     value.and_then(Value::as_str).ok_or_else(|| Error::invalid(what, format!("{key} missing or not a string")))
 }
 
+/// Appends the closing `[backrest]` section with the checksum of `body`, as pgBackRest writes it
+/// (for tests that build repositories).
+#[cfg(test)]
+pub(crate) fn render(body: &str) -> String {
+    let mut hasher = Sha1::new();
+    let mut last: Option<String> = None;
+    let mut section = String::new();
+    hasher.update(b"{");
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with('[') {
+            section = line[1..line.len() - 1].to_string();
+            continue;
+        }
+        let (key, raw, _) = split_key_value(line).unwrap();
+        if last.as_deref() == Some(section.as_str()) {
+            hasher.update(b",");
+        } else {
+            if last.is_some() {
+                hasher.update(b"},");
+            }
+            hasher.update(format!("{}:{{", json_quote(&section)));
+            last = Some(section.clone());
+        }
+        hasher.update(format!("{}:{raw}", json_quote(key)));
+    }
+    hasher.update(b"}}");
+    format!("{body}\n[backrest]\nbackrest-checksum=\"{}\"\n", to_hex(&hasher.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,33 +200,6 @@ mod tests {
         fn garbage_is_an_error_not_a_panic(text in "(\\[[a-z:]{0,8}\\]|[a-z=\"{}0-9\\[\\]]{0,12}|\n){0,30}") {
             let _ = Ini::parse(text.as_bytes(), "x");
         }
-    }
-
-    /// Builds a file the way pgBackRest writes it, with its checksum.
-    fn render(body: &str) -> String {
-        let mut hasher = Sha1::new();
-        let mut last: Option<String> = None;
-        let mut section = String::new();
-        hasher.update(b"{");
-        for line in body.lines().filter(|l| !l.is_empty()) {
-            if line.starts_with('[') {
-                section = line[1..line.len() - 1].to_string();
-                continue;
-            }
-            let (key, raw, _) = split_key_value(line).unwrap();
-            if last.as_deref() == Some(section.as_str()) {
-                hasher.update(b",");
-            } else {
-                if last.is_some() {
-                    hasher.update(b"},");
-                }
-                hasher.update(format!("{}:{{", json_quote(&section)));
-                last = Some(section.clone());
-            }
-            hasher.update(format!("{}:{raw}", json_quote(key)));
-        }
-        hasher.update(b"}}");
-        format!("{body}\n[backrest]\nbackrest-checksum=\"{}\"\n", to_hex(&hasher.finalize()))
     }
 
     const BODY: &str = "[backrest]\nbackrest-format=5\nbackrest-version=\"2.45\"\n\n\

@@ -416,3 +416,55 @@ fn parse_targets(ini: &Ini, what: &str) -> Result<(String, Vec<PgbrTablespace>)>
     let pg_data = pg_data.ok_or_else(|| Error::invalid(what, "no pg_data target"))?;
     Ok((pg_data, tablespaces))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgbr::ini::render;
+
+    const LABEL: &str = "20250101-000000F_20250102-000000I";
+    const SHA: &str = "587b596f04f7db9c2cad3d6b87dd2b3a05de4f35";
+
+    fn manifest(files: &str, options: &str) -> Result<PgbrManifest> {
+        let body = format!(
+            "[backrest]\nbackrest-format=5\n\n[backup]\nbackup-label=\"{LABEL}\"\n\
+             backup-reference=\"20250101-000000F,{LABEL}\"\nbackup-type=\"incr\"\n\n\
+             [backup:db]\ndb-id=1\ndb-system-id=1\ndb-version=\"15\"\n\n[backup:option]\n{options}\n\n\
+             [backup:target]\npg_data={{\"path\":\"/d\",\"type\":\"path\"}}\n\n[target:file]\n{files}\n\n\
+             [target:file:default]\ngroup=\"postgres\"\nmode=\"0600\"\nuser=\"postgres\"\n"
+        );
+        PgbrManifest::from_ini(&Ini::parse(render(&body).as_bytes(), "m")?, LABEL)
+    }
+
+    #[test]
+    fn entries_are_read_with_defaults_and_block_incremental_fields() {
+        let files = format!(
+            "pg_data/a={{\"bi\":2,\"bim\":40,\"bni\":3,\"checksum\":\"{SHA}\",\"reference\":\"20250101-000000F\",\
+             \"repo-size\":90,\"size\":20000,\"timestamp\":5}}\npg_data/b={{\"group\":false,\"size\":0,\"timestamp\":6}}"
+        );
+        let m = manifest(&files, "option-compress=true").unwrap();
+        assert_eq!(m.options.compress_type, CompressType::Gz, "legacy option-compress means gz");
+        assert!(m.block_incremental && m.backup_type == BackupType::Incr);
+        let a = m.file("pg_data/a").unwrap();
+        assert_eq!(a.block_incr, Some(PgbrBlockIncr { block_size: 16384, checksum_size: 6, map_size: 40 }));
+        assert_eq!((a.bundle, a.repo_size, a.mode), (Some((3, 0)), 90, 0o600));
+        let b = m.file("pg_data/b").unwrap();
+        assert_eq!((b.repo_size, b.group.as_deref(), b.user.as_deref()), (0, None, Some("postgres")));
+    }
+
+    #[test]
+    fn bad_entries_are_refused() {
+        let entry = |name: &str, json: &str| manifest(&format!("{name}={json}"), "option-compress-type=\"lz4\"");
+        let ok = format!("{{\"checksum\":\"{SHA}\",\"size\":3,\"timestamp\":1}}");
+        assert!(entry("pg_data/x", &ok).is_ok());
+        assert!(entry("pg_data/../x", &ok).is_err());
+        assert!(entry("etc/passwd", &ok).is_err());
+        assert!(entry("pg_data/x", "{\"size\":3,\"timestamp\":1}").is_err(), "no checksum");
+        assert!(entry("pg_data/x", "{\"checksum\":\"ABC\",\"size\":3,\"timestamp\":1}").is_err());
+        let foreign =
+            format!("{{\"checksum\":\"{SHA}\",\"reference\":\"20240101-000000F\",\"size\":3,\"timestamp\":1}}");
+        assert!(entry("pg_data/x", &foreign).unwrap_err().to_string().contains("not in the set's references"));
+        let xz = manifest("", "option-compress-type=\"xz\"").unwrap_err();
+        assert!(matches!(xz, Error::Refused { .. }), "{xz}");
+    }
+}

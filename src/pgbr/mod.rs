@@ -17,6 +17,8 @@ pub mod manifest;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod synthetic;
 
 use std::sync::Arc;
 
