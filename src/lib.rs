@@ -12,6 +12,7 @@ pub mod mount;
 pub mod ops;
 pub mod patroni;
 pub mod pg;
+pub mod pgbr;
 pub mod progress;
 pub mod repo;
 pub mod scan;

@@ -21,6 +21,12 @@ impl Passphrase {
     pub fn new(text: impl Into<String>) -> Passphrase {
         Passphrase(text.into())
     }
+
+    /// The passphrase's text, for formats keyed on it directly (pgBackRest's OpenSSL-compatible
+    /// cipher).
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for Passphrase {
