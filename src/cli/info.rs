@@ -61,10 +61,11 @@ impl InfoArgs {
 
 /// The text form.
 pub fn render(r: &InfoReport) -> String {
-    let mut out = format!(
-        "stanza: {}\n    status: {}\n    cipher: {}, compression: {}\n",
-        r.stanza, r.status, r.cipher, r.compression
-    );
+    let storage = match &r.foreign {
+        Some(foreign) => foreign.clone(),
+        None => format!("cipher: {}, compression: {}", r.cipher, r.compression),
+    };
+    let mut out = format!("stanza: {}\n    status: {}\n    {storage}\n", r.stanza, r.status);
     out.push_str(&format!(
         "\n    db (current): PostgreSQL {}, system identifier {}\n",
         r.pg_version, r.system_identifier

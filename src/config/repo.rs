@@ -67,6 +67,9 @@ pub enum RepoKind {
     Posix,
     /// A bucket of an S3-compatible object store.
     S3,
+    /// A pgBackRest repository (its `repo1-path`, in a directory or, with `endpoint` and `bucket`,
+    /// under `prefix` in a bucket): read, never written.
+    Pgbackrest,
 }
 
 /// How requests name the bucket.
@@ -130,6 +133,10 @@ pub struct RepoConfig {
     /// S3: a credentials file (mode 0600) in the AWS format (`aws_access_key_id`,
     /// `aws_secret_access_key`, `aws_session_token` under `[default]`).
     pub credentials_file: Option<PathBuf>,
+    /// pgBackRest repository: where pgfork keeps what it records about the sets (verifications,
+    /// scrubs, leases) and its scratch files [default: ~/.local/state/pgfork/<repo> of the user
+    /// pgfork acts as].
+    pub state_path: Option<PathBuf>,
 }
 
 fn default_retention_full() -> u32 {
@@ -174,6 +181,9 @@ impl RepoConfig {
             RepoKind::Posix if self.path.as_os_str().is_empty() => Err(missing("path")),
             RepoKind::S3 if self.endpoint.as_deref().is_none_or(str::is_empty) => Err(missing("endpoint")),
             RepoKind::S3 if self.bucket.as_deref().is_none_or(str::is_empty) => Err(missing("bucket")),
+            RepoKind::Pgbackrest if self.path.as_os_str().is_empty() && self.bucket.is_none() => {
+                Err(missing("path (pgBackRest's repo1-path), or endpoint and bucket"))
+            }
             _ => Ok(()),
         }
     }
@@ -183,12 +193,32 @@ impl RepoConfig {
         match self.kind {
             RepoKind::Posix => "posix",
             RepoKind::S3 => "s3",
+            RepoKind::Pgbackrest => "pgbackrest",
         }
     }
 
-    /// The local directory of a posix repository; `None` for object storage.
+    /// Whether this is a pgBackRest repository kept in a bucket (else in a directory).
+    pub fn in_bucket(&self) -> bool {
+        self.kind == RepoKind::S3 || (self.kind == RepoKind::Pgbackrest && self.bucket.is_some())
+    }
+
+    /// The local directory of a repository in a directory; `None` for object storage.
     pub fn local_path(&self) -> Option<&Path> {
-        (self.kind == RepoKind::Posix).then_some(self.path.as_path())
+        (!self.in_bucket()).then_some(self.path.as_path())
+    }
+
+    /// Refuses `command`, which writes, for a repository pgfork only reads.
+    pub fn refuse_write(&self, name: &str, command: &str) -> Result<()> {
+        if self.kind != RepoKind::Pgbackrest {
+            return Ok(());
+        }
+        Err(Error::refused(
+            format!("{command}: repository {name} is a pgBackRest repository, which pgfork reads and never writes"),
+            Some(
+                "pass --repo with a repository of pgfork's (type = \"posix\" or \"s3\"), or use pgbackrest for this one"
+                    .into(),
+            ),
+        ))
     }
 
     /// What opening a stanza of this repository needs: the configured cipher and, when encrypted,
@@ -200,6 +230,14 @@ impl RepoConfig {
     /// The passphrase for an encrypted repository: from `passphrase_file` (which must not be
     /// readable by group or others) or `PGFORK_PASSPHRASE`; `None` for an unencrypted one.
     pub fn passphrase(&self) -> Result<Option<Passphrase>> {
+        if self.kind == RepoKind::Pgbackrest {
+            // pgBackRest's repo1-cipher-pass: the repository says whether it needs one.
+            return match (&self.passphrase_file, std::env::var(PASSPHRASE_ENV)) {
+                (Some(file), _) => Ok(Some(Passphrase::new(read_private(file)?.trim_end_matches(['\n', '\r'])))),
+                (None, Ok(text)) if !text.is_empty() => Ok(Some(Passphrase::new(text))),
+                _ => Ok(None),
+            };
+        }
         if self.cipher == CipherKind::None {
             return Ok(None);
         }

@@ -47,6 +47,14 @@ pub struct PushReport {
 /// `targets` (all of the stanza's, or the one named), in parallel; succeeds only when every one
 /// holds it durably.
 pub fn archive_push(targets: &[Resolved], path: &Path) -> Result<PushReport> {
+    // A pgBackRest repository among the stanza's gets its WAL from pgBackRest's own archive-push;
+    // named alone, it is refused.
+    if let [only] = targets {
+        only.repo.refuse_write(&only.repo_name, "archive-push")?;
+    }
+    let targets: Vec<Resolved> =
+        targets.iter().filter(|t| t.repo.refuse_write(&t.repo_name, "archive-push").is_ok()).cloned().collect();
+    let targets = targets.as_slice();
     let Some(first) = targets.first() else { return Err(Error::refused("no repository to push to", None)) };
     act_as_repository_owner(first)?;
     let name = path

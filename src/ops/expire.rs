@@ -39,6 +39,7 @@ pub struct ExpireReport {
 
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
 pub fn expire(resolved: &Resolved, set: Option<&SetLabel>, dry_run: bool) -> Result<ExpireReport> {
+    resolved.repo.refuse_write(&resolved.repo_name, "expire")?;
     become_repository_user(resolved)?;
     let repo = Stanza::open(resolved)?;
     let _lock = repo.lock("expire")?;

@@ -63,13 +63,8 @@ pub fn become_repository_user(resolved: &crate::config::Resolved) -> Result<Iden
         let name = User::from_uid(me).ok().flatten().map(|u| u.name).unwrap_or_else(|| me.to_string());
         return Ok(Identity { name });
     }
-    let anchors = resolved.repo.local_path().into_iter().chain(resolved.stanza.data.ancestors());
-    for anchor in anchors {
-        if let Ok(meta) = std::fs::metadata(anchor)
-            && meta.uid() != 0
-        {
-            return become_owner_of(anchor);
-        }
+    if let Some(anchor) = repository_owner_anchor(resolved) {
+        return become_owner_of(&anchor);
     }
     let user = User::from_name("postgres").ok().flatten().ok_or_else(|| {
         Error::refused(
@@ -79,6 +74,20 @@ pub fn become_repository_user(resolved: &crate::config::Resolved) -> Result<Iden
     })?;
     switch_to(&user).at("switch to user", Path::new("postgres"))?;
     Ok(Identity { name: user.name })
+}
+
+/// The path whose owner is the repository's user: a local repository's directory, else the
+/// stanza's data directory or the nearest existing directory above it, the first not owned by root.
+pub fn repository_owner_anchor(resolved: &crate::config::Resolved) -> Option<std::path::PathBuf> {
+    let anchors = resolved.repo.local_path().into_iter().chain(resolved.stanza.data.ancestors());
+    for anchor in anchors {
+        if let Ok(meta) = std::fs::metadata(anchor)
+            && meta.uid() != 0
+        {
+            return Some(anchor.to_path_buf());
+        }
+    }
+    None
 }
 
 fn switch_to(user: &User) -> nix::Result<()> {

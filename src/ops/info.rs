@@ -29,6 +29,9 @@ pub struct InfoReport {
     pub status: String,
     /// Whether everything could be read: `info` exits non-zero otherwise.
     pub healthy: bool,
+    /// For a repository of another tool (pgBackRest), what it is and how it stores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<String>,
     /// Cipher of the repository.
     pub cipher: String,
     /// Compression of the repository.
@@ -239,6 +242,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         location: repo.storage().location(),
         status,
         healthy,
+        foreign: repo.storage().foreign_description(),
         cipher: repo.record().cipher_name().into(),
         compression: format!("{:?}", repo.record().compression).to_lowercase(),
         system_identifier: repo.record().current.system_identifier,

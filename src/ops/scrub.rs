@@ -20,7 +20,7 @@ use crate::repo::archive::ArchivedFile;
 use crate::repo::label::SetLabel;
 use crate::repo::manifest::{Manifest, RunRef, WalEntry};
 use crate::repo::object::Kind;
-use crate::repo::read::{MAX_SEGMENT, check_wal};
+use crate::repo::read::{MAX_SEGMENT, check_wal, check_wal_size};
 use crate::repo::scrub::ScrubRecord;
 use crate::repo::verification::VerificationRecord;
 use crate::stanza::Stanza;
@@ -302,9 +302,12 @@ fn check(stanza: &Stanza, manifests: &[Manifest], item: &Item<'_>) -> Result<(Op
             let bytes = stored.as_ref().map_or(0, |s| s.len() as u64);
             let checked = match &stored {
                 None => Err(Error::invalid(&what, "missing from the repository")),
-                Some(stored) => stanza
-                    .open_object(Kind::Wal, &key, stored, MAX_SEGMENT, &what)
-                    .and_then(|plain| check_wal(&plain, entry, &what)),
+                Some(stored) => stanza.open_object(Kind::Wal, &key, stored, MAX_SEGMENT, &what).and_then(|plain| {
+                    match stanza.record().is_foreign() {
+                        true => check_wal_size(&plain, entry, &what),
+                        false => check_wal(&plain, entry, &what),
+                    }
+                }),
             };
             tally.add(1, bytes, checked.err().map(|e| damage(&format!("pg_wal/{}", entry.name), e)));
             Ok((Some(*owner), tally))

@@ -44,6 +44,7 @@ fn cluster_identity(resolved: &Resolved) -> Result<(DataDir, ClusterIdentity)> {
 
 /// Creates the stanza (idempotent for the same cluster).
 pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
+    resolved.repo.refuse_write(&resolved.repo_name, "stanza-create")?;
     let (_, identity) = cluster_identity(resolved)?;
     let storage = storage_of(resolved)?;
     let layout = Layout::new(&resolved.name);
@@ -76,6 +77,7 @@ pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
     };
     let record = StanzaRecord {
         exclusive_create,
+        foreign: None,
         format: u32::from(FORMAT),
         name: resolved.name.clone(),
         current: identity,
@@ -89,6 +91,7 @@ pub fn create(resolved: &Resolved) -> Result<StanzaReport> {
 
 /// Records the cluster's new identity after a major upgrade or a new initdb.
 pub fn upgrade(resolved: &Resolved) -> Result<StanzaReport> {
+    resolved.repo.refuse_write(&resolved.repo_name, "stanza-upgrade")?;
     let (_, identity) = cluster_identity(resolved)?;
     let storage = storage_of(resolved)?;
     // The configuration must agree with the stanza and the passphrase open its key before
@@ -115,6 +118,7 @@ pub fn upgrade(resolved: &Resolved) -> Result<StanzaReport> {
 
 /// Deletes the stanza and every backup in it; refused while its cluster runs unless `force`.
 pub fn delete(resolved: &Resolved, force: bool) -> Result<StanzaReport> {
+    resolved.repo.refuse_write(&resolved.repo_name, "stanza-delete")?;
     let data = DataDir::open(&resolved.stanza.data)?;
     become_owner_of(data.path())?;
     if let Some(pid) = data.running_server()?

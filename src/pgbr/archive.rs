@@ -3,7 +3,7 @@
 //! backup history files. Archive ids are searched newest first among the current cluster's; files
 //! are encrypted with `archive.info`'s passphrase and compressed as their extension says.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use super::PgbrStanza;
 use super::cipher::decrypt;
@@ -134,9 +134,9 @@ fn open(stanza: &PgbrStanza, stored: &[u8], compress: CompressType, what: &str) 
     decompress(compress, data, false, MAX_SEGMENT).map_err(|e| Error::invalid(what, format!("cannot decode: {e}")))
 }
 
-/// See [`PgbrStanza::archive_list`].
-pub(super) fn list(stanza: &PgbrStanza) -> Result<Vec<String>> {
-    let mut names = BTreeSet::new();
+/// See [`PgbrStanza::archive_files`].
+pub(super) fn list(stanza: &PgbrStanza) -> Result<Vec<ArchivedFile>> {
+    let mut names: BTreeMap<String, ArchivedFile> = BTreeMap::new();
     for archive_id in stanza.archive.search_order() {
         let prefix = format!("archive/{}/{archive_id}/", stanza.stanza);
         for object in stanza.storage.list(&prefix)? {
@@ -149,11 +149,23 @@ pub(super) fn list(stanza: &PgbrStanza) -> Result<Vec<String>> {
                     .filter(|name| name.get(..16) == Some(dir)),
             };
             if let Some(name) = name {
-                names.insert(name.to_string());
+                let file = ArchivedFile { name: name.to_string(), stored: object.size, modified: object.modified };
+                names.entry(file.name.clone()).or_insert(file);
             }
         }
     }
-    Ok(names.into_iter().collect())
+    Ok(names.into_values().collect())
+}
+
+/// An archived file: PostgreSQL's name, the bytes pgBackRest stored, when it was archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedFile {
+    /// PostgreSQL's name (without pgBackRest's `-<sha1>.<ext>`).
+    pub name: String,
+    /// Bytes stored.
+    pub stored: u64,
+    /// When it was stored.
+    pub modified: std::time::SystemTime,
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! Reading pgBackRest 2.45 repositories (never writing them): a stanza's `backup.info` and
 //! `archive.info`, the sets' manifests, every stored file decoded and checked against its SHA-1 and
 //! size, and the archived WAL. Every read goes through [`Storage`], so a bucket works as a directory
-//! does. The format is described in the project's notes (`pgbr/FORMAT.md`).
+//! does. [`adapter`] shows a stanza through pgfork's repository format, so every reading command
+//! works on it; ARCHITECTURE.md summarizes the format.
 //!
 //! Passphrases form a chain: the user's opens the info files, `backup.info`'s opens the manifests,
 //! each manifest's opens its set's files, `archive.info`'s opens the archive.
 
-mod archive;
+pub mod adapter;
+pub mod archive;
 mod block;
 pub mod cipher;
 pub mod compress;
@@ -15,8 +17,6 @@ pub mod info;
 pub mod ini;
 pub mod manifest;
 
-#[cfg(test)]
-mod fixtures;
 #[cfg(test)]
 mod synthetic;
 
@@ -81,6 +81,16 @@ impl PgbrStanza {
     /// The stanza's name.
     pub fn name(&self) -> &str {
         &self.stanza
+    }
+
+    /// Where the repository is, for messages.
+    pub fn location(&self) -> String {
+        self.storage.location()
+    }
+
+    /// Stored bytes read from the repository so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.storage.fetched_bytes()
     }
 
     /// The backup sets, oldest first.
@@ -158,6 +168,11 @@ impl PgbrStanza {
 
     /// Every archived file's PostgreSQL name (without pgBackRest's `-<sha1>.<ext>` suffix), sorted.
     pub fn archive_list(&self) -> Result<Vec<String>> {
+        Ok(archive::list(self)?.into_iter().map(|f| f.name).collect())
+    }
+
+    /// Every archived file with its stored size and time, sorted by name.
+    pub fn archive_files(&self) -> Result<Vec<archive::ArchivedFile>> {
         archive::list(self)
     }
 }

@@ -47,7 +47,8 @@ impl Repo {
         let layout = Layout::new(stanza);
         let record = StanzaRecord::require(storage.as_ref(), &layout)?;
         let recorded = if record.key.is_some() { CipherKind::Aes256Gcm } else { CipherKind::None };
-        if recorded != access.cipher {
+        // A foreign repository's own encryption is the reader's business, not the record's.
+        if recorded != access.cipher && !record.is_foreign() {
             return Err(Error::refused(
                 format!(
                     "stanza {stanza} in {} was created with cipher {}, but the configuration says cipher = {}",
@@ -252,6 +253,7 @@ pub fn test_repo(dir: &std::path::Path, encrypted: bool) -> Repo {
         compression: Compression::Lz4,
         key: encrypted.then(|| DataKey::generate().wrap(&passphrase).unwrap()),
         exclusive_create: None,
+        foreign: None,
     };
     record.save(storage.as_ref()).unwrap();
     let cipher = if encrypted { CipherKind::Aes256Gcm } else { CipherKind::None };

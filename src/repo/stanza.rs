@@ -42,6 +42,12 @@ pub struct StanzaRecord {
     /// storage); `None` for a directory.
     #[serde(default)]
     pub exclusive_create: Option<bool>,
+    /// The format of a repository pgfork reads but did not write (`pgbackrest`): its objects are
+    /// made from that format as they are read, and each file is checked against that format's own
+    /// checksum (SHA-1 of the whole file) before any byte of it is served, so runs and WAL carry no
+    /// checksums of pgfork's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<String>,
 }
 
 /// Largest stanza record accepted.
@@ -88,6 +94,11 @@ impl StanzaRecord {
         let key = Layout::new(&self.name).record();
         let json = serde_json::to_vec_pretty(self).map_err(|e| Error::invalid(&key, e.to_string()))?;
         storage.put(&key, &object::seal(&Codec::plain(), Kind::StanzaRecord, key.as_bytes(), &json))
+    }
+
+    /// Whether this stanza is another tool's repository, read through pgfork's format.
+    pub fn is_foreign(&self) -> bool {
+        self.foreign.is_some()
     }
 
     /// Refuses a cluster that is not the stanza's current one.

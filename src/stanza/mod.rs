@@ -14,6 +14,7 @@ use crate::config::{RepoKind, Resolved, UriStyle};
 use crate::error::{Error, Result};
 use crate::pg::datadir::DataDir;
 use crate::pg::session::{ConnTarget, Session};
+use crate::pgbr::adapter::{PgbrAdapter, default_state_dir};
 use crate::repo::handle::Repo;
 use crate::repo::keys::Layout;
 use crate::repo::label::SetLabel;
@@ -72,9 +73,8 @@ impl Stanza {
 /// The storage of the stanza's chosen repository.
 pub fn storage_of(resolved: &Resolved) -> Result<Arc<dyn Storage>> {
     let repo = &resolved.repo;
-    Ok(match repo.kind {
-        RepoKind::Posix => Arc::new(LocalStorage::new(&repo.path)),
-        RepoKind::S3 => Arc::new(S3Storage::new(&S3Settings {
+    let place: Arc<dyn Storage> = if repo.in_bucket() {
+        Arc::new(S3Storage::new(&S3Settings {
             endpoint: repo.endpoint.clone().unwrap_or_default(),
             bucket: repo.bucket.clone().unwrap_or_default(),
             region: repo.region.clone(),
@@ -83,8 +83,34 @@ pub fn storage_of(resolved: &Resolved) -> Result<Arc<dyn Storage>> {
             verify_tls: repo.verify_tls,
             ca_file: repo.ca_file.clone(),
             credentials: repo.s3_credentials()?,
-        })?),
-    })
+        })?)
+    } else {
+        Arc::new(LocalStorage::new(&repo.path))
+    };
+    if repo.kind != RepoKind::Pgbackrest {
+        return Ok(place);
+    }
+    let state = repo.state_path.clone().unwrap_or_else(|| default_state_dir(&resolved.repo_name));
+    prepare_state_dir(resolved, &state)?;
+    Ok(Arc::new(PgbrAdapter::open(place, &resolved.name, repo.passphrase()?.as_ref(), &state)?))
+}
+
+/// Creates the state directory of a pgBackRest repository; created by root, it is given to the
+/// repository's user, who writes the records in it.
+fn prepare_state_dir(resolved: &Resolved, state: &Path) -> Result<()> {
+    if state.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(state).map_err(|e| Error::io("create", state, e))?;
+    if nix::unistd::geteuid().is_root()
+        && let Some(anchor) = crate::ops::identity::repository_owner_anchor(resolved)
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&anchor).map_err(|e| Error::io("stat", &anchor, e))?;
+        std::os::unix::fs::chown(state, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| Error::io("chown", state, e))?;
+    }
+    Ok(())
 }
 
 /// Takes the lock of the stanza `resolved` names, before (or without) opening it.

@@ -79,6 +79,7 @@ pub struct BackupReport {
 
 /// Takes a backup of the stanza's cluster.
 pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupReport> {
+    resolved.repo.refuse_write(&resolved.repo_name, "backup")?;
     let started = Instant::now();
     let data = DataDir::open(&resolved.stanza.data)?;
     let identity = become_owner_of(data.path())?;

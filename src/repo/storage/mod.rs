@@ -102,6 +102,12 @@ pub trait Storage: Send + Sync {
     /// Stored bytes read so far by this process (gets and ranged gets).
     fn fetched_bytes(&self) -> u64;
 
+    /// For another tool's repository read through pgfork's format: what it is and how it stores
+    /// (`pgBackRest repository, read only: compress-type lz4, bundles, aes-256-cbc`).
+    fn foreign_description(&self) -> Option<String> {
+        None
+    }
+
     /// Takes the exclusive lock at `key` for `holder` (a description shown to whoever is refused),
     /// or refuses naming the current holder. The lock is held until the guard drops; a process
     /// that dies loses it (a local lock at once, an object lock once its lease expires).
