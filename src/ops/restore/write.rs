@@ -21,15 +21,15 @@ use crate::scan::selects_by_lsn;
 use crate::util::fsx;
 
 /// Bytes of extents restored as one unit of parallel work.
-const SLICE: u64 = 32 * 1024 * 1024;
+pub const SLICE: u64 = 32 * 1024 * 1024;
 
-/// Splits a file's extents into runs of about [`SLICE`] bytes.
-pub fn slices_of(entry: &FileEntry) -> Vec<&[Extent]> {
+/// Splits a file's extents into runs of about `slice` bytes.
+pub fn slices_of(entry: &FileEntry, slice: u64) -> Vec<&[Extent]> {
     let mut slices = Vec::new();
     let (mut begin, mut bytes) = (0, 0);
     for (i, extent) in entry.extents.iter().enumerate() {
         bytes += extent.len;
-        if bytes >= SLICE {
+        if bytes >= slice {
             slices.push(&entry.extents[begin..=i]);
             (begin, bytes) = (i + 1, 0);
         }
