@@ -34,6 +34,10 @@ pub const TARGETS: &[&str] = &[
     "config",
     "control",
     "text",
+    "pgbr_ini",
+    "pgbr_cipher",
+    "pgbr_compress",
+    "pgbr_block",
 ];
 
 /// Runs target `name` on `data`; `false` for an unknown target.
@@ -102,7 +106,10 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "text" => {
             let _ = parse_time(&text());
         }
-        _ => return false,
+        other => match other.strip_prefix("pgbr_").filter(|t| crate::pgbr::FUZZ_TARGETS.contains(t)) {
+            Some(target) => crate::pgbr::fuzz(target, data),
+            None => return false,
+        },
     }
     true
 }
@@ -150,7 +157,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         }
         "control" => vec![vec![0u8; 296]],
         "text" => text(&["2025-01-01 12:00:00+08", "2025-01-01T04:00:00Z"]),
-        _ => Vec::new(),
+        other => other.strip_prefix("pgbr_").map(crate::pgbr::fuzz_seeds).unwrap_or_default(),
     }
 }
 

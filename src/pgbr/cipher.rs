@@ -77,8 +77,7 @@ pub fn decrypt(data: &[u8], pass: &CipherPass, raw: bool) -> io::Result<Vec<u8>>
     Ok(out)
 }
 
-/// Encrypts as pgBackRest does (for tests that build repositories).
-#[cfg(test)]
+/// Encrypts as pgBackRest does (for tests and fuzzing seeds that build repositories).
 pub(crate) fn encrypt(plain: &[u8], pass: &CipherPass, salt: [u8; 8], raw: bool) -> Vec<u8> {
     use cbc::cipher::BlockModeEncrypt;
     let (key, iv) = bytes_to_key(&pass.0, &salt);

@@ -162,8 +162,7 @@ pub fn as_str<'a>(value: Option<&'a Value>, what: &str, key: &str) -> Result<&'a
 }
 
 /// Appends the closing `[backrest]` section with the checksum of `body`, as pgBackRest writes it
-/// (for tests that build repositories).
-#[cfg(test)]
+/// (for tests and fuzzing seeds that build repositories).
 pub(crate) fn render(body: &str) -> String {
     let mut hasher = Sha1::new();
     let mut last: Option<String> = None;

@@ -177,6 +177,78 @@ impl PgbrStanza {
     }
 }
 
+/// The targets of [`fuzz`].
+pub const FUZZ_TARGETS: &[&str] = &["ini", "cipher", "compress", "block"];
+
+/// Runs the parsers of one kind of pgBackRest bytes on `data`: info files and manifests (`ini`),
+/// OpenSSL-format ciphertext (`cipher`), every compression (`compress`), block-incremental maps
+/// and chunks (`block`). They may fail; none may panic, hang or allocate without bound.
+pub fn fuzz(target: &str, data: &[u8]) {
+    match target {
+        "ini" => {
+            if let Ok(ini) = Ini::parse(data, "fuzz") {
+                let _ = PgbrManifest::from_ini(&ini, "20250101-000000F");
+                let _ = BackupInfo::from_ini(&ini, "fuzz");
+                let _ = ArchiveInfo::from_ini(&ini, "fuzz");
+            }
+        }
+        "cipher" => {
+            let pass = CipherPass::new("fuzz");
+            let _ = cipher::decrypt(data, &pass, false);
+            let _ = cipher::decrypt(data, &pass, true);
+        }
+        "compress" => {
+            for kind in [CompressType::Gz, CompressType::Lz4, CompressType::Zst, CompressType::Bz2, CompressType::None]
+            {
+                for raw in [false, true] {
+                    let _ = compress::decompress(kind, data, raw, 1 << 20);
+                }
+            }
+        }
+        "block" => {
+            let _ = block::dechunk(data);
+            let _ = block::parse_map(data, 8192, 6);
+            let mut pos = 0;
+            let _ = block::read_varint(data, &mut pos);
+        }
+        _ => {}
+    }
+}
+
+/// Valid inputs of a [`fuzz`] target to start from.
+pub fn fuzz_seeds(target: &str) -> Vec<Vec<u8>> {
+    match target {
+        "ini" => vec![
+            ini::render(concat!(
+                "[backrest]\nbackrest-format=5\nbackrest-version=\"2.45\"\n\n",
+                "[backup]\nbackup-archive-start=\"000000010000000000000001\"\n",
+                "backup-archive-stop=\"000000010000000000000001\"\nbackup-label=\"20250101-000000F\"\n",
+                "backup-lsn-start=\"0/1000028\"\nbackup-lsn-stop=\"0/1000100\"\n",
+                "backup-timestamp-start=1735689600\nbackup-timestamp-stop=1735689601\nbackup-type=\"full\"\n\n",
+                "[backup:db]\ndb-id=1\ndb-system-id=7\ndb-version=\"15\"\n\n",
+                "[backup:option]\noption-compress-type=\"gz\"\noption-online=true\n\n",
+                "[backup:target]\npg_data={\"path\":\"/pg/data\",\"type\":\"path\"}\n\n",
+                "[target:file]\npg_data/PG_VERSION={\"checksum\":\"587b596f04f7db9c2cad3d6b87dd2b3a05de4f35\",\"size\":3,\"timestamp\":1}\n\n",
+                "[target:file:default]\ngroup=\"postgres\"\nmode=\"0600\"\nuser=\"postgres\"\n\n",
+                "[target:path]\npg_data={}\n\n",
+                "[target:path:default]\ngroup=\"postgres\"\nmode=\"0700\"\nuser=\"postgres\"\n",
+            ))
+            .into_bytes(),
+        ],
+        "cipher" => vec![cipher::encrypt(b"pgfork fuzz seed", &CipherPass::new("fuzz"), [1; 8], false)],
+        "compress" => {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = gz.write_all(b"pgfork fuzz seed, pgfork fuzz seed");
+            let mut lz4 = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            let _ = lz4.write_all(b"pgfork fuzz seed, pgfork fuzz seed");
+            [gz.finish().ok(), lz4.finish().ok()].into_iter().flatten().collect()
+        }
+        "block" => vec![vec![0, 1, 2, 3, 0x80, 0x01, 0, 0]],
+        _ => Vec::new(),
+    }
+}
+
 /// Checks that `label` has the form of a set label (it becomes part of repository keys).
 pub(crate) fn check_label(label: &str, what: &str) -> Result<()> {
     let stamp = |s: &str| {
@@ -247,4 +319,21 @@ fn load_one(storage: &dyn Storage, key: &str, pass: Option<&CipherPass>, what: &
         Err(Error::Invalid { reason, .. }) if !reason.contains("checksum") => Err(wrong()),
         other => other,
     })
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+
+    #[test]
+    fn seeds_reach_past_the_first_check() {
+        let ini = &fuzz_seeds("ini")[0];
+        let parsed = Ini::parse(ini, "seed").expect("the seed's checksum matches");
+        PgbrManifest::from_ini(&parsed, "20250101-000000F").expect("the seed is a manifest");
+        let plain = cipher::decrypt(&fuzz_seeds("cipher")[0], &CipherPass::new("fuzz"), false).unwrap();
+        assert_eq!(plain, b"pgfork fuzz seed");
+        for (seed, kind) in fuzz_seeds("compress").iter().zip([CompressType::Gz, CompressType::Lz4]) {
+            assert!(compress::decompress(kind, seed, false, 1 << 20).is_ok(), "{kind}");
+        }
+    }
 }
