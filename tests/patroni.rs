@@ -39,7 +39,10 @@ fn in_place_pitr_under_patroni() {
     let target = cluster.psql(1, "SELECT clock_timestamp()");
     std::thread::sleep(Duration::from_millis(1100));
     cluster.psql(1, "INSERT INTO marker VALUES ('after'); DROP TABLE pgbench_history");
-    repo.ok(&["check"]);
+    let check = repo.ok(&["check"]);
+    assert!(check.contains("managed by Patroni: member pgfork-test-1 of scope pgfork-test"), "{check}");
+    let info: serde_json::Value = serde_json::from_str(&repo.ok(&["info", "--output", "json"])).unwrap();
+    assert!(info["patroni"].as_str().unwrap().contains("primary"), "{info}");
     let timeline_before = leader.rest().status().unwrap().timeline.unwrap();
 
     // A plain restore into a member's data directory is refused, pointing at the way that works.
@@ -83,6 +86,9 @@ fn in_place_pitr_under_patroni() {
         serde_json::from_str(&repo.ok(&["pitr", "--in-place", "--resume", "--json"])).unwrap();
     let steps: Vec<&str> = second["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(steps, ["promote", "start_patroni", "reinitialize_replicas", "resume"], "{second}");
+    for step in first["steps"].as_array().unwrap().iter().chain(second["steps"].as_array().unwrap()) {
+        eprintln!("in-place step {:<22} {:>8.0} ms  {}", step["name"], step["ms"].as_f64().unwrap(), step["did"]);
+    }
     let leader_status = leader.rest().status().unwrap();
     assert_eq!(leader_status.role, "primary");
     assert!(leader_status.timeline.unwrap() > timeline_before);

@@ -66,6 +66,9 @@ pub fn render(r: &InfoReport) -> String {
         None => format!("cipher: {}, compression: {}", r.cipher, r.compression),
     };
     let mut out = format!("stanza: {}\n    status: {}\n    {storage}\n", r.stanza, r.status);
+    if let Some(patroni) = &r.patroni {
+        out.push_str(&format!("    {patroni}\n"));
+    }
     out.push_str(&format!(
         "\n    db (current): PostgreSQL {}, system identifier {}\n",
         r.pg_version, r.system_identifier

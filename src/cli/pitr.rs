@@ -200,6 +200,9 @@ impl CheckArgs {
                 Some(ms) => println!("  {} reached the repository in {:.0} ms", report.switched_segment, ms),
                 None => println!("  {} did not reach the repository", report.switched_segment),
             }
+            if let Some(patroni) = &report.patroni {
+                println!("  {patroni}");
+            }
         }
         anyhow::ensure!(report.problems.is_empty(), "archiving is not working:\n  {}", report.problems.join("\n  "));
         Ok(())

@@ -30,6 +30,9 @@ pub struct CheckReport {
     pub failed_count: i64,
     /// What is wrong; empty when everything is fine.
     pub problems: Vec<String>,
+    /// The Patroni member managing the cluster, when one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patroni: Option<String>,
 }
 
 /// Checks archiving of the stanza's running cluster, waiting up to `timeout` for a switched segment
@@ -100,5 +103,6 @@ pub fn check(targets: &[Resolved], timeout: Duration) -> Result<CheckReport> {
         archived_ms,
         failed_count,
         problems,
+        patroni: crate::patroni::describe(resolved),
     })
 }

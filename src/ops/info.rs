@@ -29,6 +29,9 @@ pub struct InfoReport {
     pub status: String,
     /// Whether everything could be read: `info` exits non-zero otherwise.
     pub healthy: bool,
+    /// The Patroni member managing the stanza's cluster, when one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patroni: Option<String>,
     /// For a repository of another tool (pgBackRest), what it is and how it stores.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreign: Option<String>,
@@ -242,6 +245,7 @@ pub fn info(resolved: &Resolved, set: Option<&SetLabel>) -> Result<InfoReport> {
         location: repo.storage().location(),
         status,
         healthy,
+        patroni: crate::patroni::describe(resolved),
         foreign: repo.storage().foreign_description(),
         cipher: repo.record().cipher_name().into(),
         compression: format!("{:?}", repo.record().compression).to_lowercase(),

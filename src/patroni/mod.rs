@@ -202,6 +202,28 @@ impl Settings {
     }
 }
 
+/// What `info` and `check` say of the Patroni member managing the stanza's cluster: `None` when
+/// none does; its REST status when it answers, else that it does not.
+pub fn describe(resolved: &Resolved) -> Option<String> {
+    let member = Member::detect(resolved).ok().flatten()?;
+    let who = match (&member.name, &member.scope) {
+        (Some(name), Some(scope)) => format!("member {name} of scope {scope}"),
+        _ => "a member".to_string(),
+    };
+    let status = rest::Rest::new(&member.rest, None).and_then(|r| r.status());
+    Some(match status {
+        Ok(s) => format!(
+            "managed by Patroni: {who} ({}), {} {}, timeline {}{}",
+            member.rest,
+            s.role,
+            s.state,
+            s.timeline.map_or("-".into(), |t| t.to_string()),
+            if s.pause == Some(true) { ", automatic failover PAUSED" } else { "" }
+        ),
+        Err(e) => format!("managed by Patroni: {who} ({}), REST API not answering: {e}", member.rest),
+    })
+}
+
 /// Refuses a data directory Patroni manages for an operation that would fight it.
 pub fn refuse_managed(member: &Member, what: &str) -> Error {
     Error::refused(
