@@ -42,6 +42,15 @@ impl Drop for DebianCluster {
     }
 }
 
+/// Drops the named Debian cluster of version 15 when it goes out of scope.
+struct DroppedOnExit(String);
+
+impl Drop for DroppedOnExit {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_dropcluster").args(["--stop", "15", &self.0]).output();
+    }
+}
+
 #[test]
 fn a_debian_cluster_forks_backs_up_verifies_and_restores() {
     if !can_run("a_debian_cluster_forks_backs_up_verifies_and_restores") {
@@ -88,6 +97,56 @@ fn a_debian_cluster_forks_backs_up_verifies_and_restores() {
         fork.join("pg_hba.conf").display().to_string()
     );
     let _ = run_as_postgres(&version.bin("pg_ctl"), &["stop", "-m", "immediate", "-D", fork.to_str().unwrap()]);
+
+    // --register: the fork becomes a Debian cluster of its own, run by pg_ctlcluster.
+    let registered = dir.path().join("registered");
+    let port = free_port();
+    let name = format!("{}-fork2", cluster.name);
+    let out = pgfork(&[
+        "fork",
+        "2",
+        "-d",
+        cluster.data.to_str().unwrap(),
+        "-D",
+        registered.to_str().unwrap(),
+        "-p",
+        &cluster.port.to_string(),
+        "-P",
+        &port.to_string(),
+        "--host",
+        "/var/run/postgresql",
+        "-y",
+        "--register",
+    ]);
+    let _drop = DroppedOnExit(name.clone());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!registered.join("postgresql.conf").exists(), "the configuration moved to /etc");
+    let listed =
+        String::from_utf8_lossy(&Command::new("pg_lsclusters").arg("-h").output().unwrap().stdout).into_owned();
+    assert!(listed.lines().any(|l| l.contains(&name) && l.contains(&port.to_string())), "{listed}");
+    let out = Command::new("pg_ctlcluster").args(["15", &name, "start"]).output().unwrap();
+    assert!(out.status.success(), "pg_ctlcluster start: {}", String::from_utf8_lossy(&out.stderr));
+    let forked =
+        psql(&version, std::path::Path::new("/var/run/postgresql"), port, "postgres", "SELECT count(*) FROM t");
+    assert_eq!(forked, "1000");
+    let again = pgfork(&[
+        "fork",
+        "2",
+        "-d",
+        cluster.data.to_str().unwrap(),
+        "-D",
+        dir.path().join("again").to_str().unwrap(),
+        "-p",
+        &cluster.port.to_string(),
+        "-P",
+        &free_port().to_string(),
+        "--host",
+        "/var/run/postgresql",
+        "-y",
+        "--register",
+    ]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already exists") && !dir.path().join("again").exists(), "{stderr}");
 
     // A backup carries the configuration; verify boots the set; a restore starts on its own.
     let repo = RepoSetup::new_for(&cluster.data, cluster.port, "/var/run/postgresql", &version, None, "");

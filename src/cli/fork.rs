@@ -60,6 +60,10 @@ pub struct ForkArgs {
     /// replayed to it (as pitr --fork; the source is the stanza's cluster).
     #[arg(long, value_name = "TIME|LSN")]
     pub at: Option<String>,
+    /// Of a cluster in Debian's layout: make the fork a Debian cluster of its own
+    /// (/etc/postgresql/<version>/<source>-fork<ID>, listed by pg_lsclusters, run by pg_ctlcluster).
+    #[arg(long, conflicts_with = "at")]
+    pub register: bool,
     /// Configuration and stanza (with --at).
     #[command(flatten)]
     pub repo: RepoArgs,
@@ -86,6 +90,7 @@ impl ForkArgs {
             force: self.force,
             start: false,
             bindir: self.bindir.clone().or_else(|| stanza.bindir.clone()),
+            register: false,
         };
         if self.force && fork.dst.exists() && !self.yes {
             super::confirm(&format!("remove {} and replace it with a recovered fork?", fork.dst.display()))?;
@@ -133,6 +138,7 @@ impl ForkArgs {
             force: self.force,
             start: self.start,
             bindir: self.bindir.clone(),
+            register: self.register,
         };
         let prepared = PreparedFork::prepare(opts).context("prepare fork")?;
         let plan = prepared.plan();
@@ -176,6 +182,9 @@ fn print_report(r: &ForkReport) {
         println!("  tblspc   {oid} -> {}", path.display());
     }
     println!("  settings port {}, cluster_name {}, archive_mode off", p.dst_port, r.cluster_name);
+    if let Some(cluster) = &r.registered {
+        println!("  debian   registered as cluster {cluster} (pg_lsclusters; pg_dropcluster --stop to remove it)");
+    }
     let t = &r.timings;
     println!(
         "  time     {:.0} ms: backup start {:.0} (checkpoint), copy {:.0}, backup stop {:.0}, wal {:.0}, finish {:.0}{}",

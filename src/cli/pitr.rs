@@ -88,6 +88,7 @@ impl PitrArgs {
             force: self.force,
             start: false,
             bindir: stanza.bindir.clone(),
+            register: false,
         };
         if self.force && fork.dst.exists() && !self.yes {
             super::confirm(&format!("remove {} and replace it with a recovered fork?", fork.dst.display()))?;

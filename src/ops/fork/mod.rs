@@ -5,6 +5,7 @@
 pub(crate) mod fixup;
 pub mod options;
 pub(crate) mod preflight;
+pub mod register;
 pub mod source;
 pub(crate) mod staging;
 mod wal;
@@ -55,6 +56,7 @@ pub struct PreparedFork {
     dst_fs: FsKind,
     method: CopyMethod,
     bins: Option<PgBin>,
+    registration: Option<register::Registration>,
     notes: Vec<String>,
 }
 
@@ -128,6 +130,8 @@ pub struct ForkReport {
     pub started: bool,
     /// The socket directory or host to reach the fork on, when known.
     pub connect_host: Option<String>,
+    /// With `--register`: the Debian cluster it became (`15/main-fork1`).
+    pub registered: Option<String>,
     /// Step timings.
     pub timings: ForkTimings,
 }
@@ -165,6 +169,10 @@ impl PreparedFork {
                 }
             }
         }
+        let registration = match opts.register {
+            true => Some(register::Registration::plan(src.path(), src.major(), opts.id)?),
+            false => None,
+        };
         let bins = match (&mode, opts.start) {
             (SourceMode::Hot(_), false) => None,
             _ => Some(PgBin::locate(src.major(), opts.bindir.as_deref(), Some(src.path()))?),
@@ -192,7 +200,20 @@ impl PreparedFork {
                 notes.push(format!("tablespace at {} is on {fs}, not {dst_fs}: it will be copied", location.display()));
             }
         }
-        Ok(PreparedFork { opts, src, identity, mode, destination, tablespaces, src_fs, dst_fs, method, bins, notes })
+        Ok(PreparedFork {
+            opts,
+            src,
+            identity,
+            mode,
+            destination,
+            tablespaces,
+            src_fs,
+            dst_fs,
+            method,
+            bins,
+            registration,
+            notes,
+        })
     }
 
     /// What the fork will do.
@@ -363,6 +384,15 @@ impl PreparedFork {
             }
         }
         staging.commit()?;
+        let mut registered = None;
+        let mut config_dir = dst.clone();
+        if let Some(registration) = &self.registration
+            && let Some(conf) = crate::pg::external_conf::ExternalConf::find(self.src.path())?
+        {
+            registration.register(&dst, self.opts.dst_port, &conf)?;
+            registered = Some(format!("{}/{}", registration.version, registration.name));
+            config_dir = registration.etc.clone();
+        }
         timings.finish_ms += ms_since(step);
 
         let mut started = false;
@@ -370,7 +400,7 @@ impl PreparedFork {
             let step = Instant::now();
             let bins = self.bins.as_ref().expect("--start locates binaries in prepare");
             let user = self.opts.user.as_deref().unwrap_or(&self.identity.name);
-            start_fork(bins, &dst, self.opts.dst_port, connect_host.as_deref(), user)?;
+            start_fork(bins, &config_dir, &dst, self.opts.dst_port, connect_host.as_deref(), user)?;
             timings.start_ms = ms_since(step);
             started = true;
         }
@@ -387,6 +417,7 @@ impl PreparedFork {
             crash_recovery,
             started,
             connect_host,
+            registered,
             timings,
         })
     }
@@ -409,12 +440,20 @@ impl PreparedFork {
 
 /// Starts the instance in `dst` (`pg_ctl start -w`, log in `dst/log/pgfork-start.log`) and waits
 /// until it accepts connections on `port`.
-pub fn start_fork(bins: &PgBin, dst: &Path, port: u16, host: Option<&str>, user: &str) -> Result<()> {
+/// `config_dir` is where its postgresql.conf is: `dst`, or a registered fork's /etc directory.
+pub fn start_fork(
+    bins: &PgBin,
+    config_dir: &Path,
+    dst: &Path,
+    port: u16,
+    host: Option<&str>,
+    user: &str,
+) -> Result<()> {
     let log_dir = dst.join("log");
     if !log_dir.exists() {
         fsx::create_dir_mode(&log_dir, 0o700)?;
     }
-    bins.start(dst, &log_dir.join("pgfork-start.log"), 300)?;
+    bins.start(config_dir, &log_dir.join("pgfork-start.log"), 300)?;
     let host = host.unwrap_or("localhost");
     let target = ConnTarget { host: host.to_string(), port, user: user.to_string(), dbname: "postgres".into() };
     let session = Session::connect_retry(&target, Duration::from_secs(60))?;

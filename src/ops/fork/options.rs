@@ -56,6 +56,8 @@ pub struct ForkOptions {
     pub start: bool,
     /// PostgreSQL binaries; found automatically when `None`.
     pub bindir: Option<PathBuf>,
+    /// Make the fork of a Debian cluster a Debian cluster of its own (`/etc/postgresql`).
+    pub register: bool,
 }
 
 impl ForkOptions {

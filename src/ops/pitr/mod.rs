@@ -94,7 +94,14 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
         let user = opts.fork.user.clone().unwrap_or_else(|| owner_name(data.path()));
         let bins = crate::pg::bins::PgBin::locate(data.major(), opts.fork.bindir.as_deref(), Some(&opts.fork.src))?;
         let step = Instant::now();
-        crate::ops::fork::start_fork(&bins, &report.dst, report.port, report.connect_host.as_deref(), &user)?;
+        crate::ops::fork::start_fork(
+            &bins,
+            &report.dst,
+            &report.dst,
+            report.port,
+            report.connect_host.as_deref(),
+            &user,
+        )?;
         let target = ConnTarget {
             host: report.connect_host.clone().unwrap_or_else(|| "localhost".into()),
             port: report.port,
