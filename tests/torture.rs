@@ -121,15 +121,15 @@ fn backups(t: &mut Torture) {
 
 fn archive_pushes(t: &mut Torture) {
     let current = t.cluster.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-    let source = t.cluster.data.join("pg_wal").join(&current);
+    // Read once: production's checkpoints recycle the segment while the trials run.
+    let bytes = std::fs::read(t.cluster.data.join("pg_wal").join(&current)).unwrap();
     let dir = PgDir::new(None, "torture-push-");
     for trial in 0..trials() {
         // A segment name far past production's, with this cluster's bytes: absent before the push.
         let name = format!("{}{:08X}", &current[..16], 0xF000_0000u32 + trial as u32);
         let path = dir.path().join(&name);
-        std::fs::copy(&source, &path).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
         chown_postgres(&path);
-        let bytes = std::fs::read(&path).unwrap();
         t.killed +=
             kill_at_random(t.repo.command(&["archive-push", path.to_str().unwrap()]), Duration::from_millis(300))
                 as usize;
