@@ -11,6 +11,7 @@ pub mod identity;
 pub mod info;
 pub mod pitr;
 pub mod restore;
+pub mod schedule;
 pub mod scrub;
 pub mod snapshot;
 pub mod stanza;
