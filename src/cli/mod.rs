@@ -5,6 +5,7 @@ mod archive;
 mod backup;
 mod clone_db;
 mod connect;
+mod exporter;
 mod fork;
 mod info;
 mod mount;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Prove a backup set: boot PostgreSQL on a copy-on-write mount of it, recover to the target,
     /// run checks, tear down.
     Verify(verify::VerifyArgs),
+    /// Serve Prometheus metrics of every stanza and repository (pgbackrest_exporter's names, on
+    /// port 9854), collected in the background.
+    Exporter(exporter::ExporterArgs),
     /// Print or install the [schedule] jobs as cron lines or systemd timers.
     Schedule(schedule::ScheduleArgs),
 }
@@ -127,6 +131,7 @@ pub fn main() -> i32 {
         Command::Mount(args) => args.run(),
         Command::Umount(args) => args.run(),
         Command::Verify(args) => args.run(),
+        Command::Exporter(args) => args.run(),
         Command::Schedule(args) => args.run(),
     };
     exit_code(if scheduled { schedule::run_scheduled(run) } else { run() })
