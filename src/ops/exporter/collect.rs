@@ -206,3 +206,33 @@ fn owner_name(data: &Path) -> String {
         .map(|u| u.name)
         .unwrap_or_else(|| uid.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreadable(name: &str, key: usize, code: i64) -> RepoState {
+        RepoState {
+            name: name.into(),
+            key,
+            cipher: "none".into(),
+            read: Err(Unreadable { code, reason: "test".into() }),
+        }
+    }
+
+    #[test]
+    fn a_stanza_takes_its_repositories_status_when_they_agree() {
+        let stanza = |repos| StanzaState { name: "main".into(), error: None, repos, archiver: Err("down".into()) };
+        let one = stanza(vec![unreadable("a", 1, status::MISSING_STANZA_PATH)]);
+        assert_eq!(one.code(), status::MISSING_STANZA_PATH);
+        let same = stanza(vec![unreadable("a", 1, status::OTHER), unreadable("b", 2, status::OTHER)]);
+        assert_eq!(same.code(), status::OTHER);
+        let mixed = stanza(vec![unreadable("a", 1, status::MISSING_STANZA_PATH), unreadable("b", 2, status::OTHER)]);
+        assert_eq!(mixed.code(), status::MIXED);
+        let unresolved = StanzaState { error: Some("no repository".into()), ..stanza(Vec::new()) };
+        assert_eq!(unresolved.code(), status::OTHER);
+        let collected =
+            Collected { at: Utc::now(), seconds: 0.0, config_error: None, stanzas: vec![unresolved, mixed] };
+        assert_eq!(collected.problems().len(), 5, "{:?}", collected.problems());
+    }
+}
