@@ -98,6 +98,16 @@ fn systemd_units_are_installed_and_stale_ones_removed() {
         .chain(["pgfork-main-custom.service".to_string()])
         .collect();
     assert_eq!(names(target.path()), expected);
+    // systemd itself reads the units without complaint.
+    let ours: Vec<String> = expected.iter().filter(|n| !n.contains("custom")).map(|n| format!("./{n}")).collect();
+    match Command::new("systemd-analyze").arg("verify").args(&ours).current_dir(target.path()).output() {
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("\n!!! systemd-analyze missing: the units were not verified by systemd !!!\n"),
+    }
     let service = std::fs::read_to_string(target.path().join("pgfork-main-verify.service")).unwrap();
     assert!(
         service.contains("\nUser=root\n")
