@@ -15,6 +15,15 @@ pub enum Error {
         /// What the user can do about it.
         hint: Option<String>,
     },
+    /// Another process holds what the operation needs (a stanza's lock): nothing was changed, and
+    /// the same command may succeed once that process is done.
+    #[error("{message}{}", hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Busy {
+        /// What is held, and by whom.
+        message: String,
+        /// What the user can do about it.
+        hint: Option<String>,
+    },
     /// A file system operation failed.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -62,6 +71,11 @@ impl Error {
         Error::Refused { message: message.into(), hint }
     }
 
+    /// A refusal because another process holds what the operation needs.
+    pub fn busy(message: impl Into<String>, hint: Option<String>) -> Self {
+        Error::Busy { message: message.into(), hint }
+    }
+
     /// An I/O failure on `path`.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { action, path: path.into(), source }
@@ -77,10 +91,11 @@ impl Error {
         Error::Invalid { what: what.into(), reason: reason.into() }
     }
 
-    /// The process exit code for this error: 3 for a refusal (nothing was changed), 1 otherwise.
+    /// The process exit code for this error: 3 for a refusal (nothing was changed, also when
+    /// another process holds the lock), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Refused { .. } => 3,
+            Error::Refused { .. } | Error::Busy { .. } => 3,
             _ => 1,
         }
     }
@@ -88,6 +103,7 @@ impl Error {
     /// Whether trying again later may succeed (a server still starting, a transient I/O error).
     pub fn is_retryable(&self) -> bool {
         match self {
+            Error::Busy { .. } => true,
             Error::Postgres { source, .. } => source.as_db_error().is_none(),
             Error::Io { source, .. } => matches!(
                 source.kind(),

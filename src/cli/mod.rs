@@ -5,6 +5,7 @@ mod archive;
 mod backup;
 mod clone_db;
 mod connect;
+mod exporter;
 mod fork;
 mod info;
 mod mount;
@@ -12,6 +13,7 @@ mod pitr;
 mod progress;
 mod repo_args;
 mod restore;
+mod schedule;
 mod scrub;
 mod snapshot;
 mod stanza;
@@ -26,6 +28,10 @@ pub struct Cli {
     /// More log output (repeat for more).
     #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Run as a scheduled job: when another run still holds the stanza (or this same job is still
+    /// running), exit quietly with status 75 instead of failing.
+    #[arg(long, global = true)]
+    pub scheduled: bool,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -75,6 +81,11 @@ pub enum Command {
     /// Prove a backup set: boot PostgreSQL on a copy-on-write mount of it, recover to the target,
     /// run checks, tear down.
     Verify(verify::VerifyArgs),
+    /// Serve Prometheus metrics of every stanza and repository (pgbackrest_exporter's names, on
+    /// port 9854), collected in the background.
+    Exporter(exporter::ExporterArgs),
+    /// Print or install the [schedule] jobs as cron lines or systemd timers.
+    Schedule(schedule::ScheduleArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -85,6 +96,7 @@ pub fn main() -> i32 {
         .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
     // Installed under another name, the binary takes that tool's arguments directly.
+    let mut scheduled = false;
     let command = if program == "pg-fork" {
         init_logging(0);
         Command::Fork(fork::PgForkCli::parse().fork)
@@ -97,9 +109,10 @@ pub fn main() -> i32 {
     } else {
         let cli = Cli::parse();
         init_logging(cli.verbose);
+        scheduled = cli.scheduled;
         cli.command
     };
-    let result = match command {
+    let run = move || match command {
         Command::Fork(args) => args.run(),
         Command::CloneDb(args) => args.run(),
         Command::StanzaCreate(args) => args.run(stanza::StanzaAction::Create),
@@ -118,8 +131,10 @@ pub fn main() -> i32 {
         Command::Mount(args) => args.run(),
         Command::Umount(args) => args.run(),
         Command::Verify(args) => args.run(),
+        Command::Exporter(args) => args.run(),
+        Command::Schedule(args) => args.run(),
     };
-    exit_code(result)
+    exit_code(if scheduled { schedule::run_scheduled(run) } else { run() })
 }
 
 /// The exit status of an archive-get that could not deliver a file intact: above 125, which
@@ -148,6 +163,12 @@ fn exit_code(result: anyhow::Result<()>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {
+            // A scheduled run that another one made unnecessary says nothing (cron mails output).
+            if let Some(exit) = err.downcast_ref::<Exit>()
+                && exit.code == crate::ops::schedule::EXIT_SKIPPED
+            {
+                return exit.code;
+            }
             // Each cause once: an error that shows its source already must not repeat it.
             let mut text = String::new();
             for cause in err.chain().map(ToString::to_string) {

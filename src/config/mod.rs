@@ -21,8 +21,10 @@
 //! ```
 
 mod repo;
+mod schedule;
 
 pub use repo::{CipherKind, PASSPHRASE_ENV, RepoConfig, RepoKind, RetentionType, S3Credentials, UriStyle};
+pub use schedule::ScheduleConfig;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub struct Config {
     /// Stanzas by name.
     #[serde(default)]
     pub stanza: BTreeMap<String, StanzaConfig>,
+    /// When recurring jobs run (`pgfork schedule`).
+    pub schedule: Option<ScheduleConfig>,
     /// The file this was read from.
     #[serde(skip)]
     pub source: Option<PathBuf>,

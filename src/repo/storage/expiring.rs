@@ -168,7 +168,7 @@ pub fn lock(storage: Arc<dyn Storage>, key: &str, holder: &str) -> Result<Box<dy
         }
         match read(storage.as_ref(), key)? {
             Some(current) if !current.expired() => {
-                return Err(Error::refused(
+                return Err(Error::busy(
                     format!("{key} is held by {} (until {} unless refreshed)", current.holder, current.expires),
                     Some("wait for it to finish; a holder that died lets go within a minute".into()),
                 ));
@@ -178,7 +178,7 @@ pub fn lock(storage: Arc<dyn Storage>, key: &str, holder: &str) -> Result<Box<dy
             None => {}
         }
     }
-    Err(Error::refused(format!("{key} is contended: another process takes it at the same time"), None))
+    Err(Error::busy(format!("{key} is contended: another process takes it at the same time"), None))
 }
 
 /// Creates and holds the lease object `key` with `data`.

@@ -54,7 +54,7 @@ pub fn lock(storage: &LocalStorage, path: &Path, holder: &str) -> Result<Box<dyn
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             let current = std::fs::read_to_string(path).unwrap_or_default();
             let current = if current.trim().is_empty() { "another process" } else { current.trim() };
-            return Err(Error::refused(
+            return Err(Error::busy(
                 format!("{} is locked by {current}", lock_subject(path)),
                 Some(format!("wait for it to finish; the lock is {}", path.display())),
             ));
@@ -125,7 +125,9 @@ mod tests {
         let storage = LocalStorage::new(dir.path());
         let path = dir.path().join("main/lock");
         let first = lock(&storage, &path, "backup (pid 1)").unwrap();
-        let text = lock(&storage, &path, "expire").err().unwrap().to_string();
+        let err = lock(&storage, &path, "expire").err().unwrap();
+        assert!(matches!(err, Error::Busy { .. }), "a held lock is Busy, not another failure: {err}");
+        let text = err.to_string();
         assert!(text.contains("stanza main is locked by backup (pid 1)"), "{text}");
         drop(first);
         lock(&storage, &path, "expire").unwrap();
