@@ -397,6 +397,7 @@ macro_rules! on_each_version {
 
 pub mod heartbeat;
 pub mod patroni;
+pub mod pgbackrest;
 pub mod s3;
 pub mod scenarios;
 
