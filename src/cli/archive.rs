@@ -7,23 +7,46 @@ use anyhow::Context;
 use crate::cli::repo_args::RepoArgs;
 use crate::cli::{EXIT_ABORT_RECOVERY, Exit};
 use crate::ops::archive::{Fetched, archive_get, archive_push, prefetch};
+use crate::ops::archive_async::{Mode, push_queue, queue};
 
 /// Arguments of `archive-push`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PushArgs {
     /// The WAL file (%p).
-    pub path: PathBuf,
+    #[arg(required_unless_present = "push_queue")]
+    pub path: Option<PathBuf>,
+    /// Push the stanza's asynchronous archive queue in the foreground (after any pusher that
+    /// runs), and return once it is empty.
+    #[arg(long, conflicts_with = "path")]
+    pub push_queue: bool,
+    /// Internal: run as the background pusher (nothing to do when another runs).
+    #[arg(long, hide = true, requires = "push_queue")]
+    pub background: bool,
     /// Configuration and stanza.
     #[command(flatten)]
     pub repo: RepoArgs,
 }
 
 impl PushArgs {
-    /// Pushes the file; exit 0 only once it is durable.
+    /// Pushes the file; exit 0 only once it is durable in every repository, or, with
+    /// `archive_async`, in the stanza's queue. `--repo` pushes synchronously to that repository.
     pub fn run(self) -> anyhow::Result<()> {
+        if self.push_queue {
+            let mode = if self.background { Mode::Background } else { Mode::Foreground };
+            push_queue(&self.repo.resolve()?, mode).context("push the asynchronous archive queue")?;
+            return Ok(());
+        }
+        let Some(path) = self.path else { anyhow::bail!("archive-push needs the WAL file (%p)") };
+        let resolved = self.repo.resolve()?;
+        if resolved.stanza.archive_async && self.repo.repo.is_none() {
+            let report = queue(&resolved, &path).with_context(|| format!("archive-push {}", path.display()))?;
+            if let Some(failure) = report.pusher_error {
+                eprintln!("pgfork: warning: {} is queued, but {failure}", report.name);
+            }
+            return Ok(());
+        }
         let targets = self.repo.each_target()?;
-        let report =
-            archive_push(&targets, &self.path).with_context(|| format!("archive-push {}", self.path.display()))?;
+        let report = archive_push(&targets, &path).with_context(|| format!("archive-push {}", path.display()))?;
         if report.already_archived {
             eprintln!("pgfork: {} was already archived with the same content", report.name);
         }

@@ -18,6 +18,9 @@
 //! socket = "/var/run/postgresql"
 //! snapshot = false                # scan a reflink snapshot instead of the live files
 //! repo = "main"                   # or repos = ["main", "offsite"]; see config/repo.rs for S3
+//! archive_async = false           # archive-push queues WAL beside pg_wal; a pusher stores it
+//! archive_async_parallel = 4      # files the pusher stores at a time
+//! archive_async_queue_max_mb = 1024   # archive-push fails (never drops WAL) past this
 //! ```
 
 mod repo;
@@ -91,6 +94,25 @@ pub struct StanzaConfig {
     /// in the page cache: on a cached cluster reading it costs several times the live read.
     #[serde(default)]
     pub snapshot: bool,
+    /// Asynchronous archiving: archive-push returns once the WAL file is queued durably beside
+    /// pg_wal, and a background pusher stores the queue in every repository.
+    #[serde(default)]
+    pub archive_async: bool,
+    /// Files the asynchronous pusher stores at a time.
+    #[serde(default = "default_archive_async_parallel")]
+    pub archive_async_parallel: u16,
+    /// The asynchronous queue's limit in MiB: past it archive-push fails (PostgreSQL keeps the
+    /// WAL and retries) instead of queuing.
+    #[serde(default = "default_archive_async_queue_max_mb")]
+    pub archive_async_queue_max_mb: u64,
+}
+
+fn default_archive_async_parallel() -> u16 {
+    4
+}
+
+fn default_archive_async_queue_max_mb() -> u64 {
+    1024
 }
 
 fn default_max_used_percent() -> u8 {

@@ -94,7 +94,7 @@ pub fn archive_push(targets: &[Resolved], path: &Path) -> Result<PushReport> {
 }
 
 /// Refuses a segment whose long page header names another cluster than the stanza's.
-fn check_segment_cluster(name: &str, bytes: &[u8], record: &StanzaRecord) -> Result<()> {
+pub(crate) fn check_segment_cluster(name: &str, bytes: &[u8], record: &StanzaRecord) -> Result<()> {
     let header = SegmentHeader::parse(bytes)
         .ok_or_else(|| Error::refused(format!("{name} does not start with a WAL segment header"), None))?;
     if header.system_identifier != record.current.system_identifier {

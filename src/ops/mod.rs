@@ -2,6 +2,7 @@
 //! through [`crate::progress::Progress`], and return a serializable report; they never print.
 
 pub mod archive;
+pub mod archive_async;
 pub mod backup;
 pub mod check;
 pub mod clone_db;
