@@ -3,8 +3,11 @@
 
 mod archive;
 mod backup;
+mod basebackup;
 mod clone_db;
+mod completions;
 mod connect;
+mod export;
 mod exporter;
 mod fork;
 mod info;
@@ -19,19 +22,27 @@ mod snapshot;
 mod stanza;
 mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// pgfork: instant forks and database clones of PostgreSQL on copy-on-write file systems.
 #[derive(Debug, Parser)]
 #[command(name = "pgfork", version, about, long_about = None)]
 pub struct Cli {
     /// More log output (repeat for more).
-    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
     /// Run as a scheduled job: when another run still holds the stanza (or this same job is still
     /// running), exit quietly with status 75 instead of failing.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub scheduled: bool,
+    /// Log level: error, warn, info, debug or trace, or a filter such as "info,pgfork=debug"
+    /// [default: $PGFORK_LOG, else warn, or what -v asks for].
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_log_level, help_heading = "Global options")]
+    pub log_level: Option<String>,
+    /// Configuration and stanza, accepted before the subcommand as after it
+    /// (`pgfork --config F --stanza S backup`).
+    #[command(flatten)]
+    pub repo: repo_args::RepoArgs,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -86,6 +97,13 @@ pub enum Command {
     Exporter(exporter::ExporterArgs),
     /// Print or install the [schedule] jobs as cron lines or systemd timers.
     Schedule(schedule::ScheduleArgs),
+    /// Write one file (tar, LZ4 or Zstandard, optionally age-encrypted) holding a data directory
+    /// that starts on its own, from a backup set or the running cluster; or decrypt one.
+    Export(export::ExportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Write manual pages for pgfork, its subcommands and the names it is installed under.
+    Man(completions::ManArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -98,17 +116,28 @@ pub fn main() -> i32 {
     // Installed under another name, the binary takes that tool's arguments directly.
     let mut scheduled = false;
     let command = if program == "pg-fork" {
-        init_logging(0);
-        Command::Fork(fork::PgForkCli::parse().fork)
+        init_logging(0, None);
+        let cli = fork::PgForkCli::parse();
+        hide_bars_for_json(cli.fork.json);
+        Command::Fork(cli.fork)
     } else if program == "pg-pitr" {
-        init_logging(0);
+        init_logging(0, None);
         return exit_code(restore::PgPitrCli::parse().run());
     } else if program == "pg-backup" {
-        init_logging(0);
-        Command::Backup(backup::PgBackupCli::parse().into_backup())
+        init_logging(0, None);
+        let cli = backup::PgBackupCli::parse();
+        hide_bars_for_json(cli.json);
+        Command::Backup(cli.into_backup())
+    } else if program == "pg-basebackup" {
+        init_logging(0, None);
+        let cli = basebackup::PgBaseBackupCli::parse();
+        hide_bars_for_json(cli.json);
+        return exit_code(cli.run());
     } else {
-        let cli = Cli::parse();
-        init_logging(cli.verbose);
+        let matches = Cli::command().get_matches();
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        init_logging(cli.verbose, cli.log_level.as_deref());
+        hide_bars_for_json(matches.subcommand().is_some_and(|(_, sub)| prints_json(sub)));
         scheduled = cli.scheduled;
         cli.command
     };
@@ -133,6 +162,9 @@ pub fn main() -> i32 {
         Command::Verify(args) => args.run(),
         Command::Exporter(args) => args.run(),
         Command::Schedule(args) => args.run(),
+        Command::Export(args) => args.run(),
+        Command::Completions(args) => args.run(),
+        Command::Man(args) => args.run(),
     };
     exit_code(if scheduled { schedule::run_scheduled(run) } else { run() })
 }
@@ -188,15 +220,47 @@ fn exit_code(result: anyhow::Result<()>) -> i32 {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Accepts a level (error, warn, info, debug, trace, off) or a filter of directives such as
+/// "info,pgfork=debug"; a lone word that is no level is refused (a filter would read it as a
+/// module name and log nothing).
+fn parse_log_level(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    if LEVELS.contains(&text.to_ascii_lowercase().as_str()) {
+        return Ok(text.to_string());
+    }
+    if !text.contains(['=', ',']) {
+        return Err(format!("expected one of {}, or a filter such as info,pgfork=debug", LEVELS.join(", ")));
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map(|_| text.to_string()).map_err(|e| e.to_string())
+}
+
+/// Whether a subcommand's arguments ask for a report for programs (`--json`, `--output json`).
+fn prints_json(sub: &clap::ArgMatches) -> bool {
+    let json = sub.try_get_one::<bool>("json").ok().flatten().copied().unwrap_or(false);
+    let output = sub.try_get_one::<repo_args::Output>("output").ok().flatten().copied();
+    json || output == Some(repo_args::Output::Json)
+}
+
+/// Progress bars stay off the terminal of a command printing JSON.
+fn hide_bars_for_json(json: bool) {
+    if json {
+        progress::hide_bars();
+    }
+}
+
+/// Logs to standard error at `--log-level`, else `$PGFORK_LOG`, else as `-v` asks (warn by default).
+fn init_logging(verbose: u8, level: Option<&str>) {
     let default = match verbose {
         // fuser warns about every request it does not implement; those answers are deliberate.
         0 => "warn,fuser=error",
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGFORK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_env("PGFORK_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+    };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod check;
 pub mod clone_db;
 pub mod expire;
+pub mod export;
 pub mod exporter;
 pub mod fork;
 pub mod identity;
