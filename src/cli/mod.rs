@@ -303,3 +303,19 @@ fn quiet_broken_pipe() {
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its definitions only when asked: duplicate names between the global options
+    /// and a subcommand's, conflicting short flags, bad defaults.
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+        super::fork::PgForkCli::command().debug_assert();
+        super::backup::PgBackupCli::command().debug_assert();
+        super::restore::PgPitrCli::command().debug_assert();
+        super::basebackup::PgBaseBackupCli::command().debug_assert();
+    }
+}
