@@ -154,10 +154,14 @@ fn segments_in(plan: &RecoveryPlan, segment_size: u64) -> u64 {
         .sum()
 }
 
+/// How long recovery may go without replaying anything before the wait gives up.
+const STALLED_AFTER: Duration = Duration::from_secs(600);
+
 /// Waits until recovery reached its target — paused, promoted, or (with the shutdown action) the
-/// server of `data` stopped — then reports where it is.
+/// server of `data` stopped — then reports where it is. A long replay is waited for as long as it
+/// advances; only one stalled for ten minutes is an error.
 pub fn wait_for_target(target: &ConnTarget, data: &Path, action: TargetAction) -> Result<Reached> {
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + STALLED_AFTER;
     let stopped = || PostmasterPid::running(data).is_none();
     // A server told to shut down at the target stops talking; its shutdown checkpoint says where.
     let shut_down = |error: Error| -> Result<Reached> {
@@ -177,6 +181,7 @@ pub fn wait_for_target(target: &ConnTarget, data: &Path, action: TargetAction) -
         Ok(session) => session,
         Err(e) => return shut_down(e),
     };
+    let (mut replayed, mut advanced) = (String::new(), Instant::now());
     loop {
         let row = match session.query_one(
             "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END, \
@@ -196,10 +201,15 @@ pub fn wait_for_target(target: &ConnTarget, data: &Path, action: TargetAction) -
         if let Some(state) = state {
             return Ok(Reached { lsn, time, state: state.into() });
         }
-        if Instant::now() > deadline {
+        if lsn != replayed {
+            (replayed, advanced) = (lsn, Instant::now());
+        } else if advanced.elapsed() > STALLED_AFTER {
             return Err(Error::refused(
-                format!("recovery on {} did not reach its target within 10 minutes", target.describe()),
-                None,
+                format!(
+                    "recovery on {} has replayed nothing for 10 minutes, at {replayed}, short of its target",
+                    target.describe()
+                ),
+                Some("read the server's log: a segment restore_command cannot fetch, or a lock held by a query".into()),
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
