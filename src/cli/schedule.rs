@@ -1,12 +1,10 @@
 //! `schedule`: prints or installs the `[schedule]` jobs, and `--scheduled`, the flag those jobs run
 //! with: a run that finds another still running exits quietly with status 75.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use super::Exit;
 use crate::config::Config;
@@ -116,19 +114,7 @@ fn same_job_lock() -> anyhow::Result<Option<Flock<std::fs::File>>> {
     let key = xxhash_rust::xxh3::xxh3_64(args.join("\0").as_bytes());
     let dir = if Path::new("/run/lock").is_dir() { PathBuf::from("/run/lock") } else { std::env::temp_dir() };
     let path = dir.join(format!("pgfork-{}-{key:016x}.lock", nix::unistd::Uid::effective()));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(held) => Ok(Some(held)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(anyhow::Error::from(e).context(format!("lock {}", path.display()))),
-    }
+    Ok(crate::util::fsx::lock_exclusive(&path, 0o600, false)?)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
@@ -169,15 +168,7 @@ fn fetch_from(resolved: &Resolved, name: &str, dest: &Path) -> Result<Option<Pat
 /// those already there; stop at the first one the archive lacks. One prefetcher runs per spool.
 pub fn prefetch(resolved: &Resolved, after: &str, spool_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(spool_dir).at("create directory", spool_dir)?;
-    let lock_path = spool_dir.join(".lock");
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .at("open", &lock_path)?;
-    let Ok(_lock) = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) else { return Ok(()) };
+    let Some(_lock) = fsx::lock_exclusive(&spool_dir.join(".lock"), 0o600, false)? else { return Ok(()) };
     // Segment numbering does not depend on the size for the names that follow `after`.
     let size = spool_dir.parent().and_then(crate::pg::wal::segment_size_in).unwrap_or(16 * 1024 * 1024);
     let Some(first) = WalSegment::parse(after, size) else { return Ok(()) };

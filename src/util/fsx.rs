@@ -6,6 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use nix::fcntl::{Flock, FlockArg};
+
 use crate::error::{IoContext, Result};
 
 /// Writes `bytes` to `path` so that after a crash the file holds either its old content or all of
@@ -71,6 +73,26 @@ pub fn create_dir_mode(path: &Path, mode: u32) -> Result<()> {
     fs::DirBuilder::new().mode(mode).create(path).at("create directory", path)?;
     // The umask may have narrowed the mode.
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).at("chmod", path)
+}
+
+/// Opens (creating with `mode`, never truncating) the lock file at `path` and takes its exclusive
+/// flock, waiting for it when `wait`; `None` when another process holds it and `wait` is false.
+/// The kernel releases the lock when the returned file is dropped or the process ends.
+pub fn lock_exclusive(path: &Path, mode: u32, wait: bool) -> Result<Option<Flock<File>>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(path)
+        .at("open", path)?;
+    let how = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
+    match Flock::lock(file, how) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(crate::Error::io("lock", path, e.into())),
+    }
 }
 
 /// Flushes the whole file system holding `path` (syncfs).

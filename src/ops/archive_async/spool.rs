@@ -386,20 +386,7 @@ impl Spool {
     /// `None` when another pusher holds it and `wait` is false.
     pub fn lock_pusher(&self, wait: bool) -> Result<Option<Flock<File>>> {
         let path = self.dir.join("pusher.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .at("open", &path)?;
-        let how = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
-        let mut lock = match Flock::lock(file, how) {
-            Ok(lock) => lock,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
-            Err((_, e)) => return Err(Error::io("lock", &path, e.into())),
-        };
+        let Some(mut lock) = fsx::lock_exclusive(&path, 0o600, wait)? else { return Ok(None) };
         lock.set_len(0).at("truncate", &path)?;
         lock.write_all(format!("{}\n", std::process::id()).as_bytes()).at("write", &path)?;
         Ok(Some(lock))

@@ -23,7 +23,6 @@ use crate::pg::external_conf::ExternalConf;
 use crate::pg::lsn::{Lsn, is_history_file};
 use crate::pg::session::{ConnTarget, Session};
 use crate::progress::Progress;
-use crate::stanza::recovery::RECOVERY_TARGETS;
 use crate::util::Laps;
 
 /// The running cluster to export.
@@ -258,15 +257,7 @@ fn write_files(
 /// recovery settings inherited (a standby's, or a synchronous primary's, would stop it), and
 /// tablespaces in place under pg_tblspc.
 pub fn exported_settings(tablespaces: bool) -> Vec<(&'static str, String)> {
-    let mut settings = vec![
-        ("archive_mode", "off".to_string()),
-        ("primary_conninfo", String::new()),
-        ("primary_slot_name", String::new()),
-        ("synchronous_standby_names", String::new()),
-        // Two servers must not write one pid file.
-        ("external_pid_file", String::new()),
-    ];
-    settings.extend(RECOVERY_TARGETS.iter().map(|name| (*name, String::new())));
+    let mut settings = crate::ops::fork::fixup::detached_settings();
     if tablespaces {
         settings.push(("allow_in_place_tablespaces", "on".into()));
     }

@@ -43,6 +43,22 @@ pub fn fork_cluster_name(source: &SourceSettings, src_dir: &Path, id: u32) -> St
     format!("{base}-fork{id}")
 }
 
+/// The settings that detach a copy from the cluster it came from: no archiving into its archive,
+/// no replication settings (a copy has no standbys: waiting for synchronous ones would hang every
+/// commit), no pid file of its own outside the data directory, and no old recovery target that
+/// could stop the copy's replay.
+pub fn detached_settings() -> Vec<(&'static str, String)> {
+    let mut settings = vec![
+        ("archive_mode", "off".to_string()),
+        ("primary_conninfo", String::new()),
+        ("primary_slot_name", String::new()),
+        ("synchronous_standby_names", String::new()),
+        ("external_pid_file", String::new()),
+    ];
+    settings.extend(RECOVERY_TARGETS.iter().map(|name| (*name, String::new())));
+    settings
+}
+
 /// The parameters written into the fork's `postgresql.auto.conf`.
 pub fn fork_settings(
     source: &SourceSettings,
@@ -51,19 +67,8 @@ pub fn fork_settings(
     port: u16,
     cluster_name: &str,
 ) -> Vec<(&'static str, String)> {
-    let mut settings = vec![
-        ("port", port.to_string()),
-        ("cluster_name", cluster_name.to_string()),
-        ("archive_mode", "off".to_string()),
-        ("primary_conninfo", String::new()),
-        ("primary_slot_name", String::new()),
-        // A fork has no standbys: waiting for synchronous ones would hang every commit.
-        ("synchronous_standby_names", String::new()),
-        // Two servers must not write the same pid file.
-        ("external_pid_file", String::new()),
-    ];
-    // The source's old recovery target must never stop the fork's replay.
-    settings.extend(RECOVERY_TARGETS.iter().map(|name| (*name, String::new())));
+    let mut settings = vec![("port", port.to_string()), ("cluster_name", cluster_name.to_string())];
+    settings.extend(detached_settings());
     // Two servers writing logs into one absolute directory outside the source would interleave
     // their files; the fork logs inside its own data directory instead.
     let log_dir = Path::new(&source.log_directory);
