@@ -23,6 +23,9 @@ use crate::repo::storage::{Held, Storage};
 const TTL: Duration = Duration::from_secs(60);
 /// How often a holder refreshes.
 const REFRESH: Duration = Duration::from_secs(15);
+/// How long a taker of an expired lock waits before confirming it still holds what it created:
+/// far longer than a rival taker's read-then-delete round trip.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// What the object holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,10 +163,30 @@ impl Drop for Hold {
 
 /// Takes the lock object `key` for `holder`: created exclusively; an expired one is taken over;
 /// a live one refuses naming its holder.
+///
+/// Taking over is a delete then an exclusive create, and no store offers a delete conditional on
+/// what it deletes: a rival that read the same expired object may delete this taker's fresh one
+/// and create its own. So a taker waits [`SETTLE`] and reads the object again: only the one whose
+/// object is still there holds the lock. (A rival stalled longer than that between its read and
+/// its delete is still caught by the refresher, and [`Held::check`] before committing.)
 pub fn lock(storage: Arc<dyn Storage>, key: &str, holder: &str) -> Result<Box<dyn Held>> {
+    lock_settling(storage, key, holder, SETTLE)
+}
+
+fn lock_settling(storage: Arc<dyn Storage>, key: &str, holder: &str, settle: Duration) -> Result<Box<dyn Held>> {
     let record = Record::new(holder, b"");
+    let mut took_over = false;
     for _ in 0..3 {
         if storage.put_new(key, &record.seal(key))? {
+            if took_over {
+                std::thread::sleep(settle);
+                if !matches!(read(storage.as_ref(), key)?, Some(current) if current.token == record.token) {
+                    return Err(Error::busy(
+                        format!("{key} was taken over by another process at the same time"),
+                        Some("wait for it to finish".into()),
+                    ));
+                }
+            }
             return Ok(Box::new(Hold::start(storage, key, record)));
         }
         match read(storage.as_ref(), key)? {
@@ -174,7 +197,10 @@ pub fn lock(storage: Arc<dyn Storage>, key: &str, holder: &str) -> Result<Box<dy
                 ));
             }
             // Expired: its holder died or stalled; take it over.
-            Some(_) => storage.delete(key)?,
+            Some(_) => {
+                storage.delete(key)?;
+                took_over = true;
+            }
             None => {}
         }
     }
@@ -229,7 +255,7 @@ mod tests {
         let mut dead = Record::new("backup (pid 9, killed)", b"");
         dead.expires = Utc::now() - chrono::Duration::seconds(1);
         storage.put("s/lock", &dead.seal("s/lock")).unwrap();
-        let taken = lock(Arc::clone(&storage), "s/lock", "backup (pid 2)").unwrap();
+        let taken = lock_settling(Arc::clone(&storage), "s/lock", "backup (pid 2)", Duration::ZERO).unwrap();
         drop(taken);
         storage.put("s/leases/dead", &dead.seal("s/leases/dead")).unwrap();
         let held = lease(Arc::clone(&storage), "s/leases/live", b"{\"sets\":[]}").unwrap();
@@ -237,5 +263,28 @@ mod tests {
         assert!(storage.get("s/leases/dead").unwrap().is_none());
         drop(held);
         assert!(leases(storage.as_ref(), "s/leases/").unwrap().is_empty());
+    }
+
+    /// Two takers of one expired lock: the second deletes the first's fresh object and creates its
+    /// own while the first is settling; the first then finds it gone and steps aside.
+    #[test]
+    fn of_two_takers_of_an_expired_lock_only_one_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
+        let mut dead = Record::new("backup (pid 9, killed)", b"");
+        dead.expires = Utc::now() - chrono::Duration::seconds(1);
+        storage.put("s/lock", &dead.seal("s/lock")).unwrap();
+        let first = {
+            let storage = Arc::clone(&storage);
+            std::thread::spawn(move || lock_settling(storage, "s/lock", "first", Duration::from_millis(500)))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        // The rival read the dead record before the first took over: it deletes and creates.
+        storage.delete("s/lock").unwrap();
+        let second = lock_settling(Arc::clone(&storage), "s/lock", "second", Duration::ZERO).unwrap();
+        let err = first.join().unwrap().err().expect("the first taker must step aside").to_string();
+        assert!(err.contains("taken over by another process"), "{err}");
+        assert!(second.check().is_ok());
+        assert_eq!(read(storage.as_ref(), "s/lock").unwrap().unwrap().holder, "second");
     }
 }
