@@ -161,7 +161,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
     }
 }
 
-fn sample_manifest() -> Manifest {
+pub(crate) fn sample_manifest() -> Manifest {
     let label: SetLabel = "20250101-000000F".parse().expect("a valid label");
     let run = RunRef { set: label.clone(), pack: 1, at: 0, stored: 100, run_len: 16384, run_sum: 9, skip: 0 };
     Manifest {
@@ -197,6 +197,7 @@ fn sample_manifest() -> Manifest {
         wal: vec![WalEntry { name: "000000010000000000000002".into(), size: 16 << 20, sum: 1, stored: 0 }],
         bad_pages: Vec::new(),
         stats: SetStats::default(),
+        config: None,
     }
 }
 

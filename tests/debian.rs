@@ -166,4 +166,41 @@ fn a_debian_cluster_forks_backs_up_verifies_and_restores() {
     let count = psql(&version, std::path::Path::new("/var/run/postgresql"), port, "postgres", "SELECT count(*) FROM t");
     let _ = run_as_postgres(&version.bin("pg_ctl"), &["stop", "-m", "immediate", "-D", restored.to_str().unwrap()]);
     assert_eq!(count, "1000");
+
+    // --config-dir puts the configuration back outside the data directory, pointing at it.
+    let (restored, etc) = (dir.path().join("restored2"), dir.path().join("etc-restored"));
+    let out = repo.ok(&["restore", "--data", restored.to_str().unwrap(), "--config-dir", etc.to_str().unwrap()]);
+    assert!(out.contains(&etc.display().to_string()), "{out}");
+    assert!(!restored.join("postgresql.conf").exists() && !restored.join("pg_hba.conf").exists());
+    let conf = std::fs::read_to_string(etc.join("postgresql.conf")).unwrap();
+    assert!(conf.contains(&format!("data_directory = '{}'", restored.display())), "{conf}");
+    let refused = repo.run(&[
+        "restore",
+        "--data",
+        dir.path().join("r3").to_str().unwrap(),
+        "--config-dir",
+        etc.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(!dir.path().join("r3").exists(), "a refused restore wrote its data directory");
+    let port = free_port();
+    append(&restored.join("postgresql.auto.conf"), &format!("port = {port}\n"));
+    must_run_as_postgres(
+        &version.bin("pg_ctl"),
+        &["start", "-w", "-D", etc.to_str().unwrap(), "-l", restored.with_extension("log").to_str().unwrap()],
+    );
+    let count = psql(&version, std::path::Path::new("/var/run/postgresql"), port, "postgres", "SELECT count(*) FROM t");
+    let _ = run_as_postgres(&version.bin("pg_ctl"), &["stop", "-m", "immediate", "-D", etc.to_str().unwrap()]);
+    assert_eq!(count, "1000");
+
+    // A restore into the cluster's own data directory leaves /etc/postgresql in charge: no copy of
+    // the configuration inside, which would shadow it from later backups and forks.
+    let out = Command::new("pg_ctlcluster").args(["15", &cluster.name, "stop"]).output().unwrap();
+    assert!(out.status.success(), "pg_ctlcluster stop: {}", String::from_utf8_lossy(&out.stderr));
+    let out = repo.ok(&["restore", "--delta", "--data", cluster.data.to_str().unwrap()]);
+    assert!(out.contains("left as it is"), "{out}");
+    assert!(!cluster.data.join("postgresql.conf").exists() && !cluster.data.join("pg_hba.conf").exists());
+    let out = Command::new("pg_ctlcluster").args(["15", &cluster.name, "start"]).output().unwrap();
+    assert!(out.status.success(), "pg_ctlcluster start: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(cluster.psql("SELECT count(*) FROM t"), "1000");
 }

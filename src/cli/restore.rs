@@ -90,6 +90,11 @@ pub struct RestoreArgs {
     /// Check everything and print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Put the configuration the cluster kept outside its data directory (Debian's
+    /// /etc/postgresql/<version>/<cluster>) into DIR, pointing at the data directory, instead of
+    /// into the data directory. DIR must not hold a postgresql.conf.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
     /// Recovery target.
     #[command(flatten)]
     pub target: TargetArgs,
@@ -114,6 +119,7 @@ impl RestoreArgs {
             tablespace_locations: Default::default(),
             live_source: None,
             in_place: false,
+            config_dir: self.config_dir.as_deref().map(std::path::absolute).transpose()?,
         };
         let report = restore(&resolved, &opts, &TerminalProgress::default())
             .with_context(|| format!("restore of stanza {}", resolved.name))?;
@@ -253,6 +259,7 @@ impl PgPitrCli {
             tablespace_locations: Default::default(),
             live_source: None,
             in_place: false,
+            config_dir: None,
         };
         let plan = restore(&resolved, &opts, &TerminalProgress::default()).context("pg-pitr")?;
         print_restore(&plan, false)?;

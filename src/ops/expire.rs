@@ -232,6 +232,7 @@ mod tests {
             wal: vec![],
             bad_pages: vec![],
             stats: SetStats::default(),
+            config: None,
         }
     }
 

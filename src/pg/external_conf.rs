@@ -50,6 +50,15 @@ impl ExternalConf {
         ExternalConf::load(&conf).map(Some)
     }
 
+    /// The directory holding `data_dir`'s configuration when it lives outside it (Debian's
+    /// `/etc/postgresql/<version>/<cluster>`); `None` when the data directory has its own.
+    pub fn outside_dir_of(data_dir: &Path) -> Result<Option<PathBuf>> {
+        if data_dir.join("postgresql.conf").exists() {
+            return Ok(None);
+        }
+        Ok(debian_conf_of(data_dir)?.and_then(|conf| conf.parent().map(Path::to_path_buf)))
+    }
+
     /// Reads `conf` (a postgresql.conf outside the data directory) and everything it refers to.
     pub fn load(conf: &Path) -> Result<ExternalConf> {
         let origin = conf.parent().unwrap_or(Path::new("/")).to_path_buf();

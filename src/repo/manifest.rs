@@ -204,6 +204,22 @@ pub struct Manifest {
     pub bad_pages: Vec<BadPage>,
     /// Sizes and counts.
     pub stats: SetStats,
+    /// The configuration the cluster kept outside its data directory, stored in the set as data
+    /// directory files so the set boots on its own; `None` when it lived inside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<OutsideConfig>,
+}
+
+/// Where a set's configuration came from when it lived outside the data directory (Debian's
+/// `/etc/postgresql/<version>/<cluster>`), and which of the set's files and directories it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsideConfig {
+    /// The directory it came from.
+    pub origin: String,
+    /// Its files, as paths in the data directory (postgresql.conf first).
+    pub files: Vec<String>,
+    /// Directories only it needs (an included directory).
+    pub dirs: Vec<String>,
 }
 
 impl Manifest {

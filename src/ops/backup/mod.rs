@@ -24,7 +24,7 @@ use crate::pg::lsn::Lsn;
 use crate::pg::session::Session;
 use crate::progress::Progress;
 use crate::repo::label::{BackupType, SetLabel};
-use crate::repo::manifest::{DirEntry, Extent, FileEntry, MAX_RUN, Manifest, SetStats, WalEntry};
+use crate::repo::manifest::{DirEntry, Extent, FileEntry, MAX_RUN, Manifest, OutsideConfig, SetStats, WalEntry};
 use crate::repo::object::{FORMAT, Kind};
 use crate::scan::{ScanRequest, ScannedFile, scan_file};
 use crate::stanza::{Stanza, check_server, server_target};
@@ -155,6 +155,11 @@ pub fn backup(resolved: &Resolved, opts: &BackupOptions, progress: &dyn Progress
         wal,
         bad_pages: Vec::new(),
         stats: SetStats::default(),
+        config: conf.as_ref().map(|c| OutsideConfig {
+            origin: c.origin.display().to_string(),
+            files: c.files.iter().map(|f| f.rel.clone()).collect(),
+            dirs: c.dirs.clone(),
+        }),
     }
     .with_files(scanned, pack_bytes);
     for bad in &manifest.bad_pages {

@@ -26,6 +26,7 @@ pub fn run(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Progress)
         tablespace_locations: Default::default(),
         live_source: None,
         in_place: false,
+        config_dir: None,
     };
     // Everything the recovery needs is checked before the fork is made.
     let checked = restore(resolved, &restore_opts, progress)?;

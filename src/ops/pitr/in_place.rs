@@ -302,6 +302,7 @@ impl Run<'_> {
             tablespace_locations: Default::default(),
             live_source: None,
             in_place: true,
+            config_dir: None,
         }
     }
 

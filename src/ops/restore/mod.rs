@@ -2,6 +2,7 @@
 //! its tablespaces at their recorded locations, the set's own WAL, its backup_label — so the
 //! cluster starts and recovers to the set's consistent point. `--delta` rewrites only what differs.
 
+pub mod config;
 pub mod target;
 pub mod write;
 
@@ -51,6 +52,9 @@ pub struct RestoreOptions {
     /// Patroni manages it (having paused Patroni), and stops the server itself, so its dry run (a
     /// pre-flight made while the server still runs) does not refuse a running server.
     pub in_place: bool,
+    /// Where the configuration a set kept outside its data directory goes (`--config-dir`);
+    /// `None`: with the data, unless the data directory's own configuration lives outside it.
+    pub config_dir: Option<PathBuf>,
 }
 
 /// What a restore did.
@@ -98,7 +102,9 @@ pub fn restore(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progre
 pub fn restore_as_caller(resolved: &Resolved, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
     let started = Instant::now();
     let stanza = Stanza::open(resolved)?;
-    let (manifest, plan) = set_and_plan(&stanza, opts.set.as_ref(), opts.recovery.as_ref())?;
+    let (mut manifest, plan) = set_and_plan(&stanza, opts.set.as_ref(), opts.recovery.as_ref())?;
+    let config = config::Placement::decide(&manifest, &opts.data, opts.config_dir.as_deref())?;
+    config.exclude_from(&mut manifest);
     // Refusals come before the dry run returns: a plan for a directory that cannot take it is no
     // plan. Patroni's first: stopping its PostgreSQL by hand, as the others advise, would only make
     // Patroni start it again or fail over.
@@ -145,6 +151,8 @@ pub fn restore_as_caller(resolved: &Resolved, opts: &RestoreOptions, progress: &
     for dir in manifest.dirs.iter().map(|d| opts.data.join(&d.path)).chain([opts.data.clone()]) {
         fsx::fsync_dir(&dir)?;
     }
+    // Last, once the data directory is complete: its configuration may move out of it.
+    report.notes.extend(config.finish(&manifest, &opts.data)?);
     laps.lap("sync");
     report.timings = laps.timings;
     report.duration_ms = ms_since(started);

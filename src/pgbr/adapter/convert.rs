@@ -136,6 +136,7 @@ pub fn convert(stanza: &PgbrStanza, m: &PgbrManifest, segment_size: u64) -> Resu
         wal,
         bad_pages: Vec::new(),
         stats,
+        config: None,
     })
 }
 
