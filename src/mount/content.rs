@@ -20,6 +20,9 @@ pub const DEFAULT_SEGMENT: u64 = 16 << 20;
 
 /// Bytes decoded ahead of a sequential reader.
 const READAHEAD: u64 = 2 * 1024 * 1024;
+/// The same from an object store, where each request costs a round trip: a reader of highly
+/// compressed data would otherwise wait on one small request after another.
+const REMOTE_READAHEAD: u64 = 16 * 1024 * 1024;
 
 /// A read that failed: which file, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -207,7 +210,10 @@ impl ContentReader {
     }
 
     /// After a read that continues the previous one of the same file, decodes the runs of the next
-    /// [`READAHEAD`] bytes on the readahead threads.
+    /// [`READAHEAD`] bytes ([`REMOTE_READAHEAD`] from an object store) on the readahead threads.
+    /// It fetches in batches: nothing while at least half the window ahead is cached or loading,
+    /// then the rest of it at once, so each request carries many runs rather than the one that
+    /// slid into the window.
     fn read_ahead(self: &Arc<Self>, stanza: usize, manifest: &Arc<Manifest>, index: usize, offset: u64, end: u64) {
         let key = (Arc::as_ptr(manifest) as usize, index);
         let sequential = {
@@ -222,20 +228,33 @@ impl ContentReader {
         }
         let entry = &manifest.files[index];
         let start = entry.extents.partition_point(|e| e.offset + e.len <= end);
-        let mut ahead = 0;
+        let remote = entry.extents.get(start..).unwrap_or_default().iter().find_map(|e| e.run.as_ref());
+        let Some(remote) = remote.map(|run| self.stanzas[stanza].runs().is_remote(run)) else { return };
+        let window = if remote { REMOTE_READAHEAD } else { READAHEAD };
+        let (mut ahead, mut covered) = (0, Some(0));
         // The runs to fetch, claimed (marked loading) so no other thread fetches them too, by pack.
         let mut by_pack: HashMap<(SetLabel, u32), Vec<RunRef>> = HashMap::new();
         let mut cache = self.cache.lock().expect("cache lock");
         for extent in entry.extents.get(start..).unwrap_or_default() {
-            if ahead >= READAHEAD {
+            if ahead >= window {
                 break;
             }
             ahead += extent.len;
-            let Some(run) = &extent.run else { continue };
-            let key = run_key(stanza, run);
-            if cache.entries.contains(&key) || cache.loading.contains(&key) {
+            let have = |run: &RunRef| {
+                let key = run_key(stanza, run);
+                cache.entries.contains(&key) || cache.loading.contains(&key)
+            };
+            let Some(run) = extent.run.as_ref().filter(|run| !have(run)) else {
+                // Zeros, or a run cached or on its way: part of what is already ahead.
+                covered = covered.map(|c| c + extent.len);
                 continue;
+            };
+            if let Some(done) = covered.take()
+                && done >= window / 2
+            {
+                return;
             }
+            let key = run_key(stanza, run);
             cache.loading.insert(key);
             by_pack.entry((run.set.clone(), run.pack)).or_default().push(run.clone());
         }
