@@ -1,46 +1,18 @@
 //! `backup.info` (the stanza's sets and cluster history) and `archive.info` (the archive's cluster
 //! history, whose `db-id` key holds the system identifier), read into typed records.
 
-use std::fmt;
-
 use serde_json::Value;
 
 use super::cipher::CipherPass;
 use super::ini::{Ini, as_str, as_u64};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
+use crate::repo::label::BackupType;
 
-/// The kind of a backup set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BackupType {
-    /// A full copy.
-    Full,
-    /// Changes since the last full set.
-    Diff,
-    /// Changes since the prior set of any type.
-    Incr,
-}
-
-impl BackupType {
-    /// Parses `full`, `diff` or `incr`.
-    pub fn parse(text: &str, what: &str) -> Result<BackupType> {
-        match text {
-            "full" => Ok(BackupType::Full),
-            "diff" => Ok(BackupType::Diff),
-            "incr" => Ok(BackupType::Incr),
-            other => Err(Error::invalid(what, format!("unknown backup type {other:?}"))),
-        }
-    }
-}
-
-impl fmt::Display for BackupType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackupType::Full => "full",
-            BackupType::Diff => "diff",
-            BackupType::Incr => "incr",
-        })
-    }
+/// pgBackRest's `backup-type` (`full`, `diff`, `incr`) as pgfork's kind of set, the error naming
+/// `what` holds it.
+pub fn parse_backup_type(text: &str, what: &str) -> Result<BackupType> {
+    text.parse().map_err(|_| Error::invalid(what, format!("unknown backup type {text:?}")))
 }
 
 /// A cluster the stanza has known (one entry of `[db:history]`).
@@ -195,7 +167,7 @@ impl BackupInfo {
             };
             sets.push(PgbrSet {
                 label: label.clone(),
-                backup_type: BackupType::parse(as_str(entry.get("backup-type"), &set_what, "backup-type")?, &set_what)?,
+                backup_type: parse_backup_type(as_str(entry.get("backup-type"), &set_what, "backup-type")?, &set_what)?,
                 prior: text("backup-prior").map(str::to_string),
                 references,
                 start_lsn: text("backup-lsn-start").map(parse_lsn).transpose()?,
@@ -246,8 +218,8 @@ mod tests {
         assert_eq!(parse_major("15", "x").unwrap(), 15);
         assert_eq!(parse_major("9.6", "x").unwrap(), 9);
         assert!(parse_major("", "x").is_err());
-        assert_eq!(BackupType::parse("diff", "x").unwrap().to_string(), "diff");
-        assert!(BackupType::parse("snap", "x").is_err());
+        assert_eq!(parse_backup_type("diff", "x").unwrap().to_string(), "diff");
+        assert!(parse_backup_type("snap", "x").is_err());
         assert_eq!(timeline_of("00000002000000000000000A"), 2);
         assert_eq!(PgbrDb { id: 1, version: "15".into(), system_identifier: 7 }.archive_id(), "15-1");
     }

@@ -6,10 +6,11 @@ use serde_json::Value;
 
 use super::cipher::CipherPass;
 use super::compress::CompressType;
-use super::info::{BackupType, parse_lsn, timeline_of};
+use super::info::{parse_backup_type, parse_lsn, timeline_of};
 use super::ini::{Ini, as_str, as_u64};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
+use crate::repo::label::BackupType;
 
 /// A backup set's manifest.
 #[derive(Debug, Clone)]
@@ -182,7 +183,7 @@ impl PgbrManifest {
         if found_label != label {
             return Err(Error::invalid(&what, format!("it is the manifest of set {found_label}")));
         }
-        let backup_type = BackupType::parse(as_str(get("backup", "backup-type"), &what, "backup-type")?, &what)?;
+        let backup_type = parse_backup_type(as_str(get("backup", "backup-type"), &what, "backup-type")?, &what)?;
         let prior = get("backup", "backup-prior").and_then(Value::as_str).map(str::to_string);
         let archive_start = segment_name(get("backup", "backup-archive-start"), &what)?;
         let archive_stop = segment_name(get("backup", "backup-archive-stop"), &what)?;

@@ -23,7 +23,7 @@ mod synthetic;
 use std::sync::Arc;
 
 pub use compress::CompressType;
-pub use info::{BackupType, PgbrDb, PgbrSet};
+pub use info::{PgbrDb, PgbrSet};
 pub use manifest::{PgbrBlockIncr, PgbrFile, PgbrLink, PgbrManifest, PgbrOptions, PgbrPath, PgbrTablespace};
 
 use cipher::CipherPass;

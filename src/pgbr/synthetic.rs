@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::cipher::{CipherPass, encrypt};
 use super::ini::{render, sha1_hex};
 use super::*;
+use crate::repo::label::BackupType;
 use crate::repo::storage::LocalStorage;
 
 const FULL: &str = "20250101-000000F";

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::pg::lsn::WalSegment;
-use crate::pgbr::{BackupType as PgbrType, PgbrManifest, PgbrStanza};
-use crate::repo::label::{BackupType, SetLabel};
+use crate::pgbr::{PgbrManifest, PgbrStanza};
+use crate::repo::label::SetLabel;
 use crate::repo::manifest::{DirEntry, Extent, FileEntry, Manifest, RunRef, SetStats, TablespaceEntry, WalEntry};
 use crate::repo::object::FORMAT;
 
@@ -110,11 +110,7 @@ pub fn convert(stanza: &PgbrStanza, m: &PgbrManifest, segment_size: u64) -> Resu
     Ok(Manifest {
         format: u32::from(FORMAT),
         label,
-        kind: match m.backup_type {
-            PgbrType::Full => BackupType::Full,
-            PgbrType::Diff => BackupType::Diff,
-            PgbrType::Incr => BackupType::Incr,
-        },
+        kind: m.backup_type,
         prior: m.prior.as_ref().map(parse_set).transpose()?,
         references: m.references.iter().filter(|r| **r != m.label).map(parse_set).collect::<Result<_>>()?,
         system_identifier: m.system_identifier,
