@@ -22,15 +22,6 @@ fn set_dir(repo: &RepoSetup, label: &str) -> PathBuf {
     repo.repo_path().join("main/backup").join(label)
 }
 
-fn setup(scale: u32, pass: Option<&str>) -> (Cluster, RepoSetup) {
-    let mut cluster = Cluster::init(&PgVersion::get(18), None);
-    cluster.start();
-    cluster.pgbench_init("postgres", scale);
-    let repo = RepoSetup::new(&cluster, pass, "");
-    repo.ok(&["stanza-create"]);
-    (cluster, repo)
-}
-
 fn set_count(repo: &RepoSetup) -> usize {
     let info: serde_json::Value = repo.info();
     info["sets"].as_array().unwrap().len()
@@ -51,7 +42,7 @@ fn wrong_passphrase_is_refused() {
     if !can_run("wrong_passphrase_is_refused") {
         return;
     }
-    let (_cluster, mut repo) = setup(1, Some("right"));
+    let (_cluster, mut repo) = cluster_with_stanza(1, Some("right"));
     repo.backup("full");
     // The repository reads its passphrase file; put the wrong one there.
     let pass_file = repo.dir.path().join("passphrase");
@@ -75,7 +66,7 @@ fn a_flipped_byte_in_a_pack_is_named() {
     if !can_run("a_flipped_byte_in_a_pack_is_named") {
         return;
     }
-    let (_cluster, repo) = setup(1, Some("pw"));
+    let (_cluster, repo) = cluster_with_stanza(1, Some("pw"));
     let label = repo.backup("full")["label"].as_str().unwrap().to_string();
     let pack = set_dir(&repo, &label).join("pack/000001");
     let mut bytes = std::fs::read(&pack).unwrap();
@@ -95,7 +86,7 @@ fn truncated_and_missing_manifests() {
     if !can_run("truncated_and_missing_manifests") {
         return;
     }
-    let (cluster, repo) = setup(1, None);
+    let (cluster, repo) = cluster_with_stanza(1, None);
     let first = repo.backup("full")["label"].as_str().unwrap().to_string();
     let second = repo.backup("full")["label"].as_str().unwrap().to_string();
     let third = repo.backup("incr")["label"].as_str().unwrap().to_string();
@@ -138,7 +129,7 @@ fn a_killed_backup_leaves_no_set_and_earlier_sets_intact() {
     if !can_run("a_killed_backup_leaves_no_set_and_earlier_sets_intact") {
         return;
     }
-    let (cluster, repo) = setup(5, Some("pw"));
+    let (cluster, repo) = cluster_with_stanza(5, Some("pw"));
     let first = repo.backup("full")["label"].as_str().unwrap().to_string();
     cluster.psql("postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 50 = 0");
     for delay_ms in [30u64, 250, 700, 1500] {
@@ -166,7 +157,7 @@ fn two_backups_at_once_are_refused_with_the_holder_named() {
     if !can_run("two_backups_at_once_are_refused_with_the_holder_named") {
         return;
     }
-    let (_cluster, repo) = setup(8, Some("pw"));
+    let (_cluster, repo) = cluster_with_stanza(8, Some("pw"));
     let mut first =
         repo.command(&["backup", "--type", "full"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let lock = repo.repo_path().join("main/lock");
@@ -191,7 +182,7 @@ fn relations_truncated_and_dropped_during_a_backup() {
     if !can_run("relations_truncated_and_dropped_during_a_backup") {
         return;
     }
-    let (cluster, repo) = setup(3, None);
+    let (cluster, repo) = cluster_with_stanza(3, None);
     cluster.psql(
         "postgres",
         "CREATE TABLE shrink AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g",
@@ -237,7 +228,7 @@ fn a_data_directory_of_another_cluster_is_refused() {
     if !can_run("a_data_directory_of_another_cluster_is_refused") {
         return;
     }
-    let (_cluster, repo) = setup(1, None);
+    let (_cluster, repo) = cluster_with_stanza(1, None);
     repo.backup("full");
     let mut other = Cluster::init(&PgVersion::get(18), None);
     other.start();
@@ -263,7 +254,7 @@ fn bad_page_checksums_are_recorded_without_aborting() {
     if !can_run("bad_page_checksums_are_recorded_without_aborting") {
         return;
     }
-    let (mut cluster, repo) = setup(1, None);
+    let (mut cluster, repo) = cluster_with_stanza(1, None);
     let rel = cluster.relation_path("postgres", "pgbench_accounts");
     cluster.stop();
     // Corrupt block 7 on disk while the server is down, so no buffer hides it.

@@ -195,11 +195,7 @@ fn progress_bars_only_on_a_terminal() {
     if !can_run("progress_bars_only_on_a_terminal") {
         return;
     }
-    let mut cluster = Cluster::init(&PgVersion::get(18), None);
-    cluster.start();
-    cluster.pgbench_init("postgres", 1);
-    let repo = RepoSetup::new(&cluster, None, "");
-    repo.ok(&["stanza-create"]);
+    let (_cluster, repo) = cluster_with_stanza(1, None);
     repo.backup("full");
     let dir = PgDir::new(None, "bars-");
     let config = repo.config.to_str().unwrap();

@@ -34,6 +34,15 @@ impl DebianCluster {
     fn psql(&self, sql: &str) -> String {
         psql(&PgVersion::get(15), std::path::Path::new("/var/run/postgresql"), self.port, "postgres", sql)
     }
+
+    /// Runs `pgfork fork ID` of this cluster into `dst` with port `port`, answering yes, plus `extra`.
+    fn fork(&self, id: &str, dst: &std::path::Path, port: u16, extra: &str) -> std::process::Output {
+        let (src, src_port, dst_port) = (self.data.to_str().unwrap(), self.port.to_string(), port.to_string());
+        let dst = dst.to_str().unwrap();
+        let fixed =
+            ["fork", id, "-d", src, "-D", dst, "-p", &src_port, "-P", &dst_port, "--host", "/var/run/postgresql"];
+        pgfork(&[&fixed[..], &["-y", extra]].concat())
+    }
 }
 
 impl Drop for DebianCluster {
@@ -65,26 +74,7 @@ fn a_debian_cluster_forks_backs_up_verifies_and_restores() {
     let dir = PgDir::new(None, "debian-");
     let fork = dir.path().join("fork");
     let port = free_port();
-    let args: Vec<String> = [
-        "fork",
-        "1",
-        "-d",
-        cluster.data.to_str().unwrap(),
-        "-D",
-        fork.to_str().unwrap(),
-        "-p",
-        &cluster.port.to_string(),
-        "-P",
-        &port.to_string(),
-        "--host",
-        "/var/run/postgresql",
-        "-y",
-        "--start",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let out = pgfork(&strs(&args));
+    let out = cluster.fork("1", &fork, port, "--start");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let conf = std::fs::read_to_string(fork.join("postgresql.conf")).unwrap();
     assert!(!conf.lines().any(|l| l.starts_with("data_directory")), "{conf}");
@@ -102,22 +92,7 @@ fn a_debian_cluster_forks_backs_up_verifies_and_restores() {
     let registered = dir.path().join("registered");
     let port = free_port();
     let name = format!("{}-fork2", cluster.name);
-    let out = pgfork(&[
-        "fork",
-        "2",
-        "-d",
-        cluster.data.to_str().unwrap(),
-        "-D",
-        registered.to_str().unwrap(),
-        "-p",
-        &cluster.port.to_string(),
-        "-P",
-        &port.to_string(),
-        "--host",
-        "/var/run/postgresql",
-        "-y",
-        "--register",
-    ]);
+    let out = cluster.fork("2", &registered, port, "--register");
     let _drop = DroppedOnExit(name.clone());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!registered.join("postgresql.conf").exists(), "the configuration moved to /etc");
@@ -129,22 +104,7 @@ fn a_debian_cluster_forks_backs_up_verifies_and_restores() {
     let forked =
         psql(&version, std::path::Path::new("/var/run/postgresql"), port, "postgres", "SELECT count(*) FROM t");
     assert_eq!(forked, "1000");
-    let again = pgfork(&[
-        "fork",
-        "2",
-        "-d",
-        cluster.data.to_str().unwrap(),
-        "-D",
-        dir.path().join("again").to_str().unwrap(),
-        "-p",
-        &cluster.port.to_string(),
-        "-P",
-        &free_port().to_string(),
-        "--host",
-        "/var/run/postgresql",
-        "-y",
-        "--register",
-    ]);
+    let again = cluster.fork("2", &dir.path().join("again"), free_port(), "--register");
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("already exists") && !dir.path().join("again").exists(), "{stderr}");
 

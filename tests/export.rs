@@ -164,11 +164,7 @@ fn encrypted_export_opens_with_age_and_pgfork() {
     if !can_run("encrypted_export_opens_with_age_and_pgfork") {
         return;
     }
-    let mut cluster = Cluster::init(&PgVersion::get(18), None);
-    cluster.start();
-    cluster.pgbench_init("postgres", 1);
-    let repo = RepoSetup::new(&cluster, None, "");
-    repo.ok(&["stanza-create"]);
+    let (cluster, repo) = cluster_with_stanza(1, None);
     repo.backup("full");
     let dir = PgDir::new(None, "export-age-");
     let sealed = dir.path().join("meta.tar.lz4.age");

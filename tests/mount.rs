@@ -10,76 +10,18 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::heartbeat::*;
+use common::mount::*;
 use common::*;
 
-/// A `pgfork mount` process; killed and its mount detached on drop.
-struct MountProcess {
-    child: Child,
-    mountpoint: PathBuf,
-    log: PathBuf,
-}
-
-impl MountProcess {
-    /// Runs `pgfork mount <mountpoint> <args>` for `repo` and waits until the mount is there.
-    fn start(repo: &RepoSetup, mountpoint: &Path, args: &[&str]) -> MountProcess {
-        // A stale mount point (its process killed) cannot be stat-ed; it exists all the same.
-        let _ = std::fs::create_dir_all(mountpoint);
-        let log = mountpoint.with_extension("log");
-        let mut all = vec!["mount", mountpoint.to_str().unwrap()];
-        all.extend(args);
-        let out = File::create(&log).unwrap();
-        let child = repo.command(&all).stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
-        let mut mount = MountProcess { child, mountpoint: mountpoint.to_path_buf(), log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // A stale mount at the same place is listed too, but answers ENOTCONN until replaced.
-        while !(is_pgfork_mount(mountpoint) && std::fs::metadata(mountpoint).is_ok()) {
-            if let Some(status) = mount.child.try_wait().unwrap() {
-                panic!("pgfork mount exited ({status}) before mounting:\n{}", mount.output());
-            }
-            assert!(Instant::now() < deadline, "no mount at {} after 30 s", mountpoint.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        mount
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "pgfork mount did not exit:\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for MountProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_pgfork_mount(&self.mountpoint) {
-            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-fn is_pgfork_mount(path: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let point = path.to_str().unwrap();
-    text.lines().any(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        fields.get(4) == Some(&point) && l.contains(" - fuse pgfork ")
-    })
+/// Runs `pgfork mount <mountpoint> <args>` for `repo` and waits until the mount is there.
+fn mount_repo(repo: &RepoSetup, mountpoint: &Path, args: &[&str]) -> MountProcess {
+    let mut all = vec!["mount", mountpoint.to_str().unwrap()];
+    all.extend(args);
+    MountProcess::start(repo.command(&all), mountpoint)
 }
 
 /// Relative paths of the files and directories under `root`.
@@ -159,7 +101,7 @@ fn mounted_sets_match_restores_and_boot_in(version: &PgVersion, s3: Option<&s3::
 
     let dir = PgDir::new(None, "mount-");
     let mountpoint = dir.path().join("repo");
-    let mut mount = MountProcess::start(&repo, &mountpoint, &[]);
+    let mut mount = mount_repo(&repo, &mountpoint, &[]);
     let stanza = mountpoint.join("main");
     assert_eq!(std::fs::read_link(stanza.join("latest")).unwrap(), PathBuf::from(&incr));
     let archived = tree(&stanza.join("archive/00000001"));
@@ -239,7 +181,7 @@ fn verify_to_a_time_target(version: &PgVersion) {
     // Mounted for that target: recovery.signal, the target in postgresql.auto.conf, and in pg_wal
     // the archived segments after the set's own.
     let mp = dir.path().join("target");
-    let mount = MountProcess::start(&repo, &mp, &["--type", "time", "--target", &target.ts]);
+    let mount = mount_repo(&repo, &mp, &["--type", "time", "--target", &target.ts]);
     assert!(mp.join("recovery.signal").is_file());
     let conf = std::fs::read_to_string(mp.join("postgresql.auto.conf")).unwrap();
     assert!(conf.contains(&format!("recovery_target_time = '{}'", target.ts)), "{conf}");
@@ -335,7 +277,7 @@ fn faults_under_a_mount() {
     std::fs::remove_file(&third_manifest).unwrap();
 
     let mp = dir.path().join("browse");
-    let mut mount = MountProcess::start(&repo, &mp, &[]);
+    let mut mount = mount_repo(&repo, &mp, &[]);
     let stanza = mp.join("main");
     let listed = tree(&stanza);
     assert!(listed.contains(&first) && listed.contains(&second), "{listed:?}");
@@ -440,7 +382,7 @@ fn faults_under_a_mount() {
     mount.child.wait().unwrap();
     let err = std::fs::metadata(&stanza).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
-    let mut again = MountProcess::start(&repo, &mp, &["--set", &second]);
+    let mut again = mount_repo(&repo, &mp, &["--set", &second]);
     // Replaced, not stacked: one mount at the place, and it answers.
     let mounts_here = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -480,7 +422,7 @@ fn a_set_with_a_tablespace(version: &PgVersion) {
     // The tablespace is shown in place under pg_tblspc, with the files' bytes.
     let dir = PgDir::new(None, "mount-ts-");
     let mp = dir.path().join("set");
-    let _mount = MountProcess::start(&repo, &mp, &["--set", &label]);
+    let _mount = mount_repo(&repo, &mp, &["--set", &label]);
     let oid = cluster.psql("postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
     let far = cluster.relation_path("postgres", "far");
     assert!(far.starts_with(&format!("pg_tblspc/{oid}/")), "{far}");

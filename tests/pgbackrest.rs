@@ -15,6 +15,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::mount::*;
 use common::pgbackrest::*;
 use common::*;
 

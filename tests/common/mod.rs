@@ -395,7 +395,19 @@ macro_rules! on_each_version {
     };
 }
 
+/// A started PostgreSQL 18 cluster with pgbench data at `scale`, and a stanza created for it in a
+/// fresh repository (encrypted with `passphrase` when given).
+pub fn cluster_with_stanza(scale: u32, passphrase: Option<&str>) -> (Cluster, RepoSetup) {
+    let mut cluster = Cluster::init(&PgVersion::get(18), None);
+    cluster.start();
+    cluster.pgbench_init("postgres", scale);
+    let repo = RepoSetup::new(&cluster, passphrase, "");
+    repo.ok(&["stanza-create"]);
+    (cluster, repo)
+}
+
 pub mod heartbeat;
+pub mod mount;
 pub mod patroni;
 pub mod pgbackrest;
 pub mod s3;

@@ -5,10 +5,9 @@
 //! commands on a repository, a `pgfork mount` process, listings and byte flips.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -397,72 +396,6 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     chown_postgres(path);
-}
-
-/// A `pgfork mount` process; killed and its mount detached on drop.
-pub struct MountProcess {
-    pub child: Child,
-    pub mountpoint: PathBuf,
-    log: PathBuf,
-}
-
-impl MountProcess {
-    /// Runs `command` (a `pgfork mount <mountpoint> …`) and waits until the mount is there.
-    pub fn start(mut command: Command, mountpoint: &Path) -> MountProcess {
-        let _ = std::fs::create_dir_all(mountpoint);
-        let log = mountpoint.with_extension("log");
-        let out = File::create(&log).unwrap();
-        let child = command.stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap();
-        let mut mount = MountProcess { child, mountpoint: mountpoint.to_path_buf(), log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(is_pgfork_mount(mountpoint) && std::fs::metadata(mountpoint).is_ok()) {
-            if let Some(status) = mount.child.try_wait().unwrap() {
-                panic!("pgfork mount exited ({status}) before mounting:\n{}", mount.output());
-            }
-            assert!(Instant::now() < deadline, "no mount at {} after 60 s", mountpoint.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        mount
-    }
-
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `pgfork umount`, then waits for the serving process to exit 0.
-    pub fn unmount(mut self) {
-        pgfork_ok(&["umount", self.mountpoint.to_str().unwrap()]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "pgfork mount did not exit:\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "pgfork mount exited {status}:\n{}", self.output());
-        assert!(!is_pgfork_mount(&self.mountpoint));
-    }
-}
-
-impl Drop for MountProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_pgfork_mount(&self.mountpoint) {
-            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-/// Whether a pgfork FUSE file system is mounted at `path`.
-pub fn is_pgfork_mount(path: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let point = path.to_str().unwrap();
-    text.lines().any(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        fields.get(4) == Some(&point) && l.contains(" - fuse pgfork ")
-    })
 }
 
 /// Every entry under `root` (relative path → type, size, modification time, mode, link target):
