@@ -250,8 +250,10 @@ fn sum_line(bytes: &[u8]) -> String {
     format!("{} {:032x}", bytes.len(), xxh3_128(bytes))
 }
 
+/// Starts a prefetcher for the segments after `name`, unless one is still at work on `spool`
+/// (recovery asks for a segment every few milliseconds: no process started to find it busy).
 fn start_prefetcher(resolved: &Resolved, name: &str, spool: &Path) {
-    if classify(name).map(|(k, _)| k) != Some(WalFileKind::Segment) {
+    if classify(name).map(|(k, _)| k) != Some(WalFileKind::Segment) || fsx::is_locked(&spool.join(".lock")) {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };

@@ -95,6 +95,12 @@ pub fn lock_exclusive(path: &Path, mode: u32, wait: bool) -> Result<Option<Flock
     }
 }
 
+/// Whether another process holds the flock of the lock file at `path` (a missing file: no).
+pub fn is_locked(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    matches!(Flock::lock(file, FlockArg::LockExclusiveNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK)))
+}
+
 /// Flushes the whole file system holding `path` (syncfs).
 pub fn sync_filesystem(path: &Path) -> Result<()> {
     let dir = File::open(path).at("open", path)?;

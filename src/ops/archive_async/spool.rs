@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Resolved;
@@ -394,9 +394,7 @@ impl Spool {
 
     /// Whether a pusher holds the lock now.
     pub fn pusher_running(&self) -> bool {
-        let path = self.dir.join("pusher.lock");
-        let Ok(file) = OpenOptions::new().read(true).open(&path) else { return false };
-        matches!(Flock::lock(file, FlockArg::LockExclusiveNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK)))
+        fsx::is_locked(&self.dir.join("pusher.lock"))
     }
 
     /// Removes temporaries whose writer died (or that are older than an hour).
