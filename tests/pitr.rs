@@ -13,11 +13,16 @@ use common::*;
 /// Restores with `args` into a new directory, starts it, waits for recovery to pause, and returns
 /// the last heartbeat (id, epoch) it holds.
 fn recover(cluster: &Cluster, repo: &RepoSetup, args: &[&str]) -> (i32, f64) {
+    recover_with(cluster, args, |all| repo.ok(all))
+}
+
+/// [`recover`] with the restore run by `restore`.
+fn recover_with(cluster: &Cluster, args: &[&str], restore: impl FnOnce(&[&str]) -> String) -> (i32, f64) {
     let dir = PgDir::new(None, "pitr-");
     let data = dir.path().join("data");
     let mut all = vec!["restore", "--data", data.to_str().unwrap()];
     all.extend(args);
-    repo.ok(&all);
+    restore(&all);
     assert!(data.join("recovery.signal").exists());
     let restored = start_copy(cluster, &data);
     wait_paused(&restored);
@@ -44,6 +49,15 @@ fn heartbeat_targets(version: &PgVersion) {
     let target = &beats[20];
     let (_, epoch) = recover(&cluster, &repo, &["--type", "time", "--target", &target.ts]);
     assert!(epoch <= target.epoch && target.epoch - epoch < 1.0, "time target {} landed at {epoch}", target.epoch);
+
+    // Regression: a relative --config was written as is into restore_command, which the server
+    // runs from its data directory, so recovery could not read the configuration and stopped.
+    let relative = |all: &[&str]| succeeded(all, repo.command_relative(all).output().unwrap());
+    let (_, relative_epoch) = recover_with(&cluster, &["--type", "time", "--target", &target.ts], relative);
+    assert_eq!(relative_epoch, epoch, "a relative --config recovered elsewhere");
+    let verified = relative(&["verify", "--type", "time", "--target", &target.ts, "--output", "json"]);
+    let verified: serde_json::Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(verified["proven"], true, "verify with a relative --config: {verified}");
 
     // A named restore point created right after beat 30.
     let (id, _) = recover(&cluster, &repo, &["--type", "name", "--target", "rp1"]);

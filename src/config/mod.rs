@@ -51,7 +51,7 @@ pub struct Config {
     pub stanza: BTreeMap<String, StanzaConfig>,
     /// When recurring jobs run (`pgfork schedule`).
     pub schedule: Option<ScheduleConfig>,
-    /// The file this was read from.
+    /// The file this was read from, as an absolute path.
     #[serde(skip)]
     pub source: Option<PathBuf>,
 }
@@ -167,12 +167,21 @@ impl Resolved {
 }
 
 impl Config {
-    /// Reads `path` (or `PGFORK_CONFIG`, or the default location).
+    /// Reads `path` (or `PGFORK_CONFIG`, or the default location). The path is made absolute
+    /// first, against the current directory: it is written into commands that other processes run
+    /// from elsewhere (a server's `restore_command` runs in its data directory, a scheduled job in
+    /// its user's home), so [`Config::source`] is always absolute.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let path = path
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("PGFORK_CONFIG").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let path = std::path::absolute(&path).map_err(|e| {
+            Error::refused(
+                format!("cannot make the configuration path {} absolute: {e}", path.display()),
+                Some("pass --config with an absolute path".into()),
+            )
+        })?;
         let text = std::fs::read_to_string(&path).map_err(|e| {
             Error::refused(
                 format!("cannot read the configuration {}: {e}", path.display()),

@@ -493,6 +493,19 @@ impl RepoSetup {
         cmd
     }
 
+    /// `pgfork --config pgfork.toml <args>` run from the configuration's directory: the path is
+    /// relative, as a user in that directory would give it.
+    pub fn command_relative(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(server_side_pgfork());
+        cmd.current_dir(self.dir.path()).arg("--config").arg(self.config.file_name().unwrap()).args(args);
+        cmd.stdin(Stdio::null());
+        match &self.passphrase {
+            Some(p) => cmd.env("PGFORK_PASSPHRASE", p),
+            None => cmd.env_remove("PGFORK_PASSPHRASE"),
+        };
+        cmd
+    }
+
     /// Runs [`RepoSetup::command`] to completion.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run pgfork")
