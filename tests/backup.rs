@@ -131,7 +131,7 @@ fn delta_restore_rewrites_only_what_differs() {
 
     let dir = PgDir::new(None, "delta-");
     let data = dir.path().join("data");
-    repo.ok(&["restore", "--data", data.to_str().unwrap()]);
+    restore_durable_before_report(&repo, &data);
     // Damage the restored copy: change a relation, remove a file, add a stray one.
     let rel = cluster.relation_path("postgres", "pgbench_accounts");
     let file = data.join(&rel);
@@ -150,6 +150,62 @@ fn delta_restore_rewrites_only_what_differs() {
     assert!(!data.join("base/stray").exists() && data.join("PG_VERSION").exists());
     let _ = label;
     restore_and_compare_in_place(&cluster, &data, &expected);
+}
+
+/// Restores into `data` under strace and checks that every file the restore left there was flushed
+/// (`fdatasync` or `fsync` returned) before the first byte of the report reached standard output:
+/// a restore interrupted after it printed its report cannot have lost a file.
+fn restore_durable_before_report(repo: &RepoSetup, data: &std::path::Path) {
+    let trace = data.with_file_name("restore.strace");
+    let mut command = std::process::Command::new("strace");
+    command.args(["-f", "-qq", "-y", "-e", "trace=fdatasync,fsync,write", "-e", "signal=none", "-o"]).arg(&trace);
+    let restore = repo.command(&["restore", "--data", data.to_str().unwrap(), "--json"]);
+    command.arg(restore.get_program()).args(restore.get_args()).envs(restore.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let out = command.output().expect("run strace (scripts/install-deps installs it)");
+    succeeded(&["restore under strace"], out);
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    // Calls in the order they returned; an interrupted call's path is on its "unfinished" line.
+    let mut pending: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut flushed = std::collections::BTreeSet::new();
+    let mut report_at = None;
+    for line in trace.lines() {
+        let Some((pid, call)) = line.split_once(' ') else { continue };
+        let call = call.trim_start();
+        if call.starts_with("write(1<") {
+            report_at = Some(line);
+            break;
+        }
+        let path_of = |call: &'static str, text: &str| text.strip_prefix(call).and_then(|t| t.split_once('<')).and_then(|(_, rest)| rest.split_once('>')).map(|(path, _)| path.to_string());
+        for name in ["fdatasync(", "fsync("] {
+            if let Some(path) = path_of(name, call) {
+                if call.ends_with("<unfinished ...>") {
+                    pending.insert(pid, call);
+                } else if call.ends_with("= 0") {
+                    flushed.insert(path);
+                }
+            }
+        }
+        if call.starts_with("<... fdatasync resumed>") || call.starts_with("<... fsync resumed>") {
+            if let Some(started) = pending.remove(pid)
+                && call.ends_with("= 0")
+            {
+                let name = if started.starts_with("fdatasync(") { "fdatasync(" } else { "fsync(" };
+                flushed.extend(path_of(name, started));
+            }
+        }
+    }
+    assert!(report_at.is_some(), "the restore printed no report:\n{trace}");
+    // strace names descriptors by their resolved paths.
+    let resolved = |path: &std::path::Path| std::fs::canonicalize(path).unwrap().display().to_string();
+    let mut unflushed = Vec::new();
+    for entry in walkdir::WalkDir::new(data) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() && !flushed.contains(&resolved(entry.path())) {
+            unflushed.push(entry.path().display().to_string());
+        }
+    }
+    assert!(unflushed.is_empty(), "not flushed before the report was written: {unflushed:?}");
+    assert!(flushed.contains(&resolved(data)), "the data directory itself was not flushed before the report");
 }
 
 fn restore_and_compare_in_place(cluster: &Cluster, data: &std::path::Path, expected: &BTreeMap<String, String>) {
