@@ -5,6 +5,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod loopfs;
+mod snapshot_leases;
 mod snapshots;
 
 use std::time::Duration;

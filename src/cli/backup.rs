@@ -154,6 +154,9 @@ fn print_expired(report: &ExpireReport) {
     for id in &report.snapshot_points_removed {
         println!("  expire         removed snapshot point {id}");
     }
+    for used in &report.snapshot_points_in_use {
+        println!("  expire         kept snapshot point {used}");
+    }
     if report.wal_removed > 0 {
         println!("  expire         {verb} {} archived WAL file(s) no kept set needs", report.wal_removed);
     }

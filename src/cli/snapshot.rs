@@ -52,6 +52,9 @@ impl SnapshotArgs {
         for id in &report.expired {
             println!("  retention       removed snapshot point {id}");
         }
+        for used in &report.kept_in_use {
+            println!("  retention       kept snapshot point {used}");
+        }
         Ok(())
     }
 }

@@ -35,6 +35,8 @@ pub struct ExpireReport {
     pub in_use: Vec<String>,
     /// Snapshot points removed by the stanza's snapshot retention.
     pub snapshot_points_removed: Vec<String>,
+    /// Snapshot points retention would remove but a fork holds: kept this time, with who.
+    pub snapshot_points_in_use: Vec<String>,
 }
 
 /// Runs expire for the stanza: by retention, or removing `set` and the sets that depend on it.
@@ -74,8 +76,9 @@ pub fn apply_retention(repo: &Stanza, now: DateTime<Utc>, dry_run: bool) -> Resu
     if !dry_run {
         let dir = crate::stanza::snapshots::snapshot_dir(&repo.config);
         let system_identifier = repo.record().current.system_identifier;
-        report.snapshot_points_removed =
-            crate::ops::snapshot::apply_retention(&repo.config, &dir, system_identifier, now)?;
+        let retention = crate::ops::snapshot::apply_retention(&repo.config, &dir, system_identifier, now)?;
+        report.snapshot_points_removed = retention.removed;
+        report.snapshot_points_in_use = retention.in_use;
     }
     Ok(report)
 }

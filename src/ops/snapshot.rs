@@ -2,7 +2,8 @@
 //! clone of the data directory (tablespaces in place), pg_backup_stop, the WAL from start to stop,
 //! its backup_label — built under a partial name and renamed into place once its record is
 //! written; delete one; apply the stanza's snapshot retention. A snapshot point costs metadata,
-//! then the blocks production rewrites afterwards; forks from it cost the WAL since.
+//! then the blocks production rewrites afterwards; forks from it cost the WAL since. A point a
+//! fork holds (its lease) is neither deleted nor expired.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use crate::pg::lsn::Lsn;
 use crate::pg::session::Session;
 use crate::progress::{Progress, Silent};
 use crate::repo::storage::{Held, LocalStorage, Storage};
-use crate::stanza::snapshots::{self, Found, HIDDEN_PG_VERSION, SnapshotPoint};
+use crate::stanza::snapshots::{self, Found, HIDDEN_PG_VERSION, Removal, SnapshotPoint};
 use crate::stanza::{Stanza, check_server, server_target};
 use crate::util::{Laps, fsx, ms_since};
 
@@ -42,6 +43,8 @@ pub struct SnapshotReport {
     pub timings: Vec<(&'static str, f64)>,
     /// Snapshot points retention removed afterwards.
     pub expired: Vec<String>,
+    /// Snapshot points retention would have removed but a fork holds: kept this time, with who.
+    pub kept_in_use: Vec<String>,
     /// Leftovers of killed snapshots removed first.
     pub cleaned: u64,
 }
@@ -103,7 +106,7 @@ pub fn take(resolved: &Resolved, progress: &dyn Progress) -> Result<SnapshotRepo
     std::fs::rename(&partial, &final_dir).at("rename into place", &final_dir)?;
     fsx::fsync_dir(&dir)?;
     laps.lap("record");
-    let expired = apply_retention(resolved, &dir, control.system_identifier, Utc::now())?;
+    let retention = apply_retention(resolved, &dir, control.system_identifier, Utc::now())?;
     Ok(SnapshotReport {
         stanza: stanza.name().to_string(),
         point,
@@ -111,7 +114,8 @@ pub fn take(resolved: &Resolved, progress: &dyn Progress) -> Result<SnapshotRepo
         files,
         duration_ms: ms_since(started),
         timings: laps.timings,
-        expired,
+        expired: retention.removed,
+        kept_in_use: retention.in_use,
         cleaned,
     })
 }
@@ -165,7 +169,7 @@ impl Drop for PointSlot {
     fn drop(&mut self) {
         // Not committed (the backup failed, or no clone was taken): nothing half made stays.
         if self.partial.exists() {
-            let _ = snapshots::remove_point(&self.partial);
+            let _ = snapshots::remove_tree(&self.partial);
         }
     }
 }
@@ -252,6 +256,8 @@ pub fn seal_point(
         source: data.path().to_path_buf(),
         backup,
     };
+    // Forks flock it while they clone the point; it is there before the point is.
+    fsx::write_atomic(&partial.join(snapshots::LEASE), b"", 0o600)?;
     fsx::sync_filesystem(partial)?;
     point.save(partial)?;
     Ok(point)
@@ -314,37 +320,66 @@ fn new_id(dir: &Path) -> String {
     }
 }
 
-/// Deletes snapshot point `id` of the stanza.
+/// Deletes snapshot point `id` of the stanza; refused (busy) while a fork holds it.
 pub fn delete(resolved: &Resolved, id: &str) -> Result<Vec<String>> {
     let data = DataDir::open(&resolved.stanza.data)?;
     become_owner_of(data.path())?;
     let dir = snapshots::snapshot_dir(resolved);
     let _lock = lock(&dir)?;
-    if !SnapshotPoint::is_id(id) || !dir.join(id).join(snapshots::RECORD).exists() {
-        return Err(Error::refused(
+    snapshots::remove_incomplete(&dir)?;
+    let absent = || {
+        Error::refused(
             format!("snapshot point {id} does not exist in {}", dir.display()),
             Some("list them with pgfork info".into()),
-        ));
+        )
+    };
+    if !SnapshotPoint::is_id(id) || !dir.join(id).join(snapshots::RECORD).exists() {
+        return Err(absent());
     }
-    snapshots::remove_point(&dir.join(id))?;
-    Ok(vec![id.to_string()])
+    match snapshots::remove_point(&dir, id)? {
+        Removal::Removed => Ok(vec![id.to_string()]),
+        Removal::Absent => Err(absent()),
+        Removal::InUse(holder) => Err(Error::busy(
+            format!("snapshot point {id} is in use by a fork cloning it: {holder}"),
+            Some(format!("delete it once that fork is made (pgfork snapshot --delete {id})")),
+        )),
+    }
+}
+
+/// What retention did to the snapshot points.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    /// The ids it removed, oldest first.
+    pub removed: Vec<String>,
+    /// The points it would have removed but a fork holds, as `<id>: <who holds it>`: kept this
+    /// time, removed by a later run.
+    pub in_use: Vec<String>,
 }
 
 /// Removes the snapshot points the stanza's retention does not keep: beyond the newest
-/// `snapshot_retention`, or older than `snapshot_retention_hours`. Returns their ids.
+/// `snapshot_retention`, or older than `snapshot_retention_hours`. A point a fork holds is kept
+/// this time (and said so).
 pub fn apply_retention(
     resolved: &Resolved,
     dir: &Path,
     system_identifier: u64,
     now: DateTime<Utc>,
-) -> Result<Vec<String>> {
+) -> Result<Retention> {
     let (found, _) = snapshots::list(dir, system_identifier)?;
     let victims =
         retention_victims(&found, resolved.stanza.snapshot_retention, resolved.stanza.snapshot_retention_hours, now);
-    for found in found.iter().filter(|f| victims.contains(&f.point.id)) {
-        snapshots::remove_point(&found.dir)?;
+    let mut retention = Retention::default();
+    for id in victims {
+        match snapshots::remove_point(dir, &id)? {
+            Removal::Removed => retention.removed.push(id),
+            Removal::Absent => {}
+            Removal::InUse(holder) => {
+                tracing::info!("snapshot retention keeps snapshot point {id} this time: {holder}");
+                retention.in_use.push(format!("{id}: {holder}"));
+            }
+        }
     }
-    Ok(victims)
+    Ok(retention)
 }
 
 /// The ids retention removes, oldest first.

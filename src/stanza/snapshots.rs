@@ -5,8 +5,16 @@
 //! record in `snapshot.json`, written last: a snapshot point exists only when its record does.
 //! The clone's `PG_VERSION` is kept as `PG_VERSION.pgfork-snapshot`, so neither pg_ctl nor
 //! postgres takes it for a data directory; a fork puts it back.
+//!
+//! A fork holds its point with a shared `flock` on the point's lease file, `<id>/lease`, from
+//! before it checks the point until its clone is complete; the kernel drops it with the process.
+//! Removing a point takes the exclusive flock without waiting — a point in use is never removed —
+//! then renames `<id>` to `.<id>.deleting` before deleting it: readers see a whole point or none,
+//! and a fork that finds its chosen point gone takes the next older one.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -22,6 +30,13 @@ use crate::repo::object::{self, FORMAT, Kind};
 pub const RECORD: &str = "snapshot.json";
 /// Where `PG_VERSION` is kept in a snapshot point's clone.
 pub const HIDDEN_PG_VERSION: &str = "PG_VERSION.pgfork-snapshot";
+/// Name of a snapshot point's lease file: forks hold its shared flock, removal its exclusive one.
+pub const LEASE: &str = "lease";
+/// Suffix of the hidden name a point is renamed to while it is removed (`.<id>.deleting`).
+const DELETING: &str = ".deleting";
+/// How long a fork waits for a removal that holds a point's lease to finish (it holds it only
+/// while renaming the point away).
+const REMOVAL_WAIT: Duration = Duration::from_secs(30);
 /// Largest record accepted.
 const MAX_RECORD: usize = 1 << 20;
 
@@ -164,31 +179,129 @@ pub fn list(dir: &Path, system_identifier: u64) -> Result<(Vec<Found>, Vec<Strin
     Ok((found, problems))
 }
 
-/// Removes what a killed snapshot left in `dir`: partial directories, and point directories without
-/// a record. Returns how many.
+/// Removes what a killed snapshot or an interrupted removal left in `dir`: partial directories,
+/// `.<id>.deleting` directories, and point directories without a record. Returns how many.
 pub fn remove_incomplete(dir: &Path) -> Result<u64> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let partial = name.starts_with('.') && name.ends_with(".partial");
+        let hidden = name.starts_with('.') && (name.ends_with(".partial") || name.ends_with(DELETING));
         let uncommitted = SnapshotPoint::is_id(&name) && !entry.path().join(RECORD).exists();
-        if partial || uncommitted {
-            remove_point(&entry.path())?;
+        if hidden || uncommitted {
+            remove_tree(&entry.path())?;
             removed += 1;
         }
     }
     Ok(removed)
 }
 
-/// Removes a snapshot point's directory: its record first, so from then on it is no snapshot
-/// point whatever remains.
-pub fn remove_point(dir: &Path) -> Result<()> {
+/// Removes a directory that is no snapshot point (a partial one, one being deleted). Another
+/// process removing it too is no failure.
+pub fn remove_tree(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(dir.join(RECORD));
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) if !dir.exists() => Ok(()),
         Err(e) => Err(Error::io("remove", dir, e)),
+    }
+}
+
+/// What [`remove_point`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The point is gone.
+    Removed,
+    /// Forks hold its lease: it was left as it is. Says who, when that can be told.
+    InUse(String),
+    /// It was not there (already removed by another process).
+    Absent,
+}
+
+/// Removes snapshot point `id` from `dir` unless a fork holds its lease: takes the lease's
+/// exclusive flock without waiting, renames the point to `.<id>.deleting` (from then on nobody
+/// lists or leases it), then deletes that.
+pub fn remove_point(dir: &Path, id: &str) -> Result<Removal> {
+    let point = dir.join(id);
+    let lease = point.join(LEASE);
+    let held = match crate::util::fsx::lock_exclusive(&lease, 0o600, false) {
+        Ok(Some(held)) => held,
+        Ok(None) => return Ok(Removal::InUse(format!("{} holds its lease {}", holders(&lease), lease.display()))),
+        Err(_) if !point.exists() => return Ok(Removal::Absent),
+        Err(e) => return Err(e),
+    };
+    // Another removal may have renamed the point between the open and the flock.
+    if !crate::util::fsx::is_at(&held, &lease) {
+        return Ok(Removal::Absent);
+    }
+    let deleting = dir.join(format!(".{id}{DELETING}"));
+    // What an interrupted removal of a point of this id left.
+    if deleting.exists() {
+        remove_tree(&deleting)?;
+    }
+    match std::fs::rename(&point, &deleting) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::Absent),
+        Err(e) => return Err(Error::io("rename for removal", &point, e)),
+    }
+    crate::util::fsx::fsync_dir(dir)?;
+    drop(held);
+    remove_tree(&deleting)?;
+    Ok(Removal::Removed)
+}
+
+/// Who holds the lease file at `path`, for messages.
+fn holders(path: &Path) -> String {
+    let holders = crate::util::fsx::flock_holders(path);
+    if holders.is_empty() { "another process".into() } else { holders.join(", ") }
+}
+
+/// A snapshot point held by a fork: it cannot be removed until this is dropped.
+#[derive(Debug)]
+pub struct Leased {
+    /// The point, its record read again under the lease.
+    pub found: Found,
+    _lease: nix::fcntl::Flock<File>,
+}
+
+/// Takes the shared lease of snapshot point `found` for a fork. `None` when the point is gone,
+/// or going: removed, or renamed for removal, before the lease was taken. A removal holding the
+/// lease is waited for (it holds it while renaming the point away); one that keeps it longer than
+/// [`REMOVAL_WAIT`] is reported as busy.
+pub fn lease(found: &Found) -> Result<Option<Leased>> {
+    let path = found.dir.join(LEASE);
+    let deadline = Instant::now() + REMOVAL_WAIT;
+    loop {
+        let held = match crate::util::fsx::lock_shared(&path, 0o600) {
+            Ok(held) => held,
+            Err(_) if !found.dir.exists() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match held {
+            Some(held) if crate::util::fsx::is_at(&held, &path) => {
+                return match SnapshotPoint::load(&found.dir)? {
+                    Some(point) if point.id == found.point.id => {
+                        Ok(Some(Leased { found: Found { dir: found.dir.clone(), point }, _lease: held }))
+                    }
+                    _ => Ok(None),
+                };
+            }
+            // Renamed for removal between the open and the flock.
+            Some(_) => return Ok(None),
+            None if Instant::now() > deadline => {
+                return Err(Error::busy(
+                    format!(
+                        "snapshot point {} is being deleted: {} has held its lease {} for {} s",
+                        found.point.id,
+                        holders(&path),
+                        path.display(),
+                        REMOVAL_WAIT.as_secs()
+                    ),
+                    Some("let the deletion finish, then fork again".into()),
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
 
@@ -204,5 +317,59 @@ mod tests {
         for bad in ["", "19700101-00000", "19700101_000000", "1970010a-000000", ".19700101-000000.partial"] {
             assert!(!SnapshotPoint::is_id(bad), "{bad}");
         }
+    }
+
+    /// A point with a record (and no clone) in `dir`.
+    fn point(dir: &Path, id: &str) -> Found {
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let point = SnapshotPoint {
+            format: u32::from(FORMAT),
+            id: id.into(),
+            stanza: "main".into(),
+            system_identifier: 7,
+            pg_version: 18,
+            timeline: 1,
+            start_lsn: Lsn(0),
+            stop_lsn: Lsn(0),
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            start_time: at,
+            stop_time: at,
+            segment_size: 16 << 20,
+            wal: Vec::new(),
+            tablespaces: Vec::new(),
+            source: PathBuf::new(),
+            backup: None,
+        };
+        let point_dir = dir.join(id);
+        std::fs::create_dir_all(point_dir.join("data")).unwrap();
+        point.save(&point_dir).unwrap();
+        Found { dir: point_dir, point }
+    }
+
+    #[test]
+    fn a_leased_point_is_not_removed_and_a_removed_one_not_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let (older, newer) = (point(dir.path(), "20250101-000000"), point(dir.path(), "20250101-010000"));
+        let leased = lease(&newer).unwrap().expect("a point is leased");
+        assert_eq!(leased.found.point, newer.point);
+        let Removal::InUse(holder) = remove_point(dir.path(), "20250101-010000").unwrap() else {
+            panic!("a leased point was removed")
+        };
+        assert!(holder.contains(&format!("pid {}", std::process::id())), "{holder}");
+        assert_eq!(list(dir.path(), 7).unwrap().0.len(), 2);
+        drop(leased);
+
+        assert_eq!(remove_point(dir.path(), "20250101-010000").unwrap(), Removal::Removed);
+        assert_eq!(remove_point(dir.path(), "20250101-010000").unwrap(), Removal::Absent);
+        assert!(lease(&newer).unwrap().is_none(), "a removed point was leased");
+        assert!(!dir.path().join(".20250101-010000.deleting").exists());
+
+        // A removal interrupted after its rename: neither listed nor leased, and cleaned up.
+        std::fs::rename(&older.dir, dir.path().join(".20250101-000000.deleting")).unwrap();
+        assert!(list(dir.path(), 7).unwrap().0.is_empty());
+        assert!(lease(&older).unwrap().is_none());
+        assert_eq!(remove_incomplete(dir.path()).unwrap(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -97,6 +97,17 @@ pub fn create_dir_mode(path: &Path, mode: u32) -> Result<()> {
 /// flock, waiting for it when `wait`; `None` when another process holds it and `wait` is false.
 /// The kernel releases the lock when the returned file is dropped or the process ends.
 pub fn lock_exclusive(path: &Path, mode: u32, wait: bool) -> Result<Option<Flock<File>>> {
+    let how = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
+    lock_file(path, mode, how)
+}
+
+/// Like [`lock_exclusive`], without waiting, for the shared flock: any number of processes hold it
+/// together; `None` while one holds the exclusive flock.
+pub fn lock_shared(path: &Path, mode: u32) -> Result<Option<Flock<File>>> {
+    lock_file(path, mode, FlockArg::LockSharedNonblock)
+}
+
+fn lock_file(path: &Path, mode: u32, how: FlockArg) -> Result<Option<Flock<File>>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -105,12 +116,57 @@ pub fn lock_exclusive(path: &Path, mode: u32, wait: bool) -> Result<Option<Flock
         .mode(mode)
         .open(path)
         .at("open", path)?;
-    let how = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
     match Flock::lock(file, how) {
         Ok(lock) => Ok(Some(lock)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, e)) => Err(crate::Error::io("lock", path, e.into())),
     }
+}
+
+/// Whether the open `file` is still the one at `path` (not renamed away, removed or replaced).
+pub fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// The processes holding a flock on the file at `path`, each as `pid N (its command line)`, from
+/// `/proc/locks`: for messages, so best effort, empty when none can be told.
+pub fn flock_holders(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(locks)) = (fs::metadata(path), fs::read_to_string("/proc/locks")) else { return Vec::new() };
+    let dev = format!("{:02x}:{:02x}", nix::sys::stat::major(meta.dev()), nix::sys::stat::minor(meta.dev()));
+    let mut holders = Vec::new();
+    for line in locks.lines() {
+        // `1: FLOCK  ADVISORY  READ  1234 fd:01:131 0 EOF`; a waiter's line has `->` after the number.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || fields[1] != "FLOCK" {
+            continue;
+        }
+        let Some((lock_dev, ino)) = fields[5].rsplit_once(':') else { continue };
+        let Ok(pid) = fields[4].parse::<u32>() else { continue };
+        // The device /proc/locks names is the file system's, which stat does not give on Btrfs:
+        // then the holder's open files tell.
+        if ino.parse::<u64>().ok() != Some(meta.ino()) || (lock_dev != dev && !has_open(pid, path)) {
+            continue;
+        }
+        let command = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).split('\0').filter(|a| !a.is_empty()).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        let holder = if command.is_empty() { format!("pid {pid}") } else { format!("pid {pid} ({command})") };
+        if !holders.contains(&holder) {
+            holders.push(holder);
+        }
+    }
+    holders
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: u32, path: &Path) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
 }
 
 /// Whether another process holds the flock of the lock file at `path` (a missing file: no).
@@ -149,5 +205,22 @@ mod tests {
         for other in ["000000010000000000000002", ".a.pgfork-tmp.x", "a.pgfork-tmp.5", ".pgfork-tmp."] {
             assert_eq!(temp_pid(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn shared_flocks_exclude_the_exclusive_one_and_name_their_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease");
+        let first = lock_shared(&path, 0o600).unwrap().expect("a free lock is taken");
+        let second = lock_shared(&path, 0o600).unwrap().expect("shared holders share");
+        assert!(is_at(&first, &path));
+        assert!(lock_exclusive(&path, 0o600, false).unwrap().is_none(), "the exclusive side is refused");
+        let holders = flock_holders(&path);
+        assert!(holders.iter().any(|h| h.starts_with(&format!("pid {} (", std::process::id()))), "{holders:?}");
+        drop((first, second));
+        let exclusive = lock_exclusive(&path, 0o600, false).unwrap().expect("free again");
+        assert!(lock_shared(&path, 0o600).unwrap().is_none());
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        assert!(!is_at(&exclusive, &path), "a renamed file is not at its old name");
     }
 }

@@ -64,6 +64,7 @@ pub fn run(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Progress)
         bytes_unchanged: restored.bytes_unchanged,
         timings: laps.timings,
         reached: None,
+        deleted_points: Vec::new(),
         duration_ms: crate::util::ms_since(started),
     })
 }

@@ -26,7 +26,8 @@ use crate::stanza::recovery::{RECOVERY_TARGETS, plan, restore_command};
 use crate::stanza::snapshots::{Found, HIDDEN_PG_VERSION};
 use crate::util::{Laps, fsx, ms_since};
 
-/// Forks snapshot point `found` and prepares it to recover to the target.
+/// Forks snapshot point `found` (whose lease the caller holds) and prepares it to recover to the
+/// target.
 pub fn run(
     resolved: &Resolved,
     opts: &PitrForkOptions,
@@ -93,6 +94,7 @@ pub fn run(
         bytes_unchanged: files.logical_bytes,
         timings: laps.timings,
         reached: None,
+        deleted_points: Vec::new(),
         duration_ms: ms_since(started),
     })
 }

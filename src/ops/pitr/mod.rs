@@ -1,7 +1,10 @@
 //! `pitr --fork` (and `fork --at`): point-in-time recovery onto a fork of the stanza's cluster,
 //! production untouched. The fork starts from the newest snapshot point at or before the target
 //! (a reflink of the point, then WAL replay: the cost of the WAL, not of the database), else from a
-//! backup set (a hot fork of production, then a delta restore of the set onto it). Either way the
+//! backup set (a hot fork of production, then a delta restore of the set onto it). The fork holds
+//! the snapshot point's lease from before it checks the point until the clone is made, so the
+//! point cannot be deleted under it; a point deleted before the lease was taken is passed over for
+//! the next older one. Either way the
 //! fork keeps its own port, name and archive_mode=off, and with `--start` starts paused at the
 //! target.
 
@@ -22,7 +25,7 @@ use crate::pg::session::{ConnTarget, Session};
 use crate::progress::Progress;
 use crate::repo::label::SetLabel;
 use crate::stanza::recovery::{RecoveryPlan, RecoveryRequest, Target, TargetAction};
-use crate::stanza::snapshots::{self, Found};
+use crate::stanza::snapshots::{self, Leased};
 
 /// A PITR-onto-a-fork request.
 #[derive(Debug, Clone)]
@@ -77,6 +80,9 @@ pub struct PitrForkReport {
     pub timings: Vec<(&'static str, f64)>,
     /// Where recovery stopped, when started.
     pub reached: Option<Reached>,
+    /// Snapshot points chosen first but deleted while the fork was being prepared, newest first:
+    /// the fork started from the next older point (or a backup set).
+    pub deleted_points: Vec<String>,
     /// Wall time, milliseconds.
     pub duration_ms: f64,
 }
@@ -85,10 +91,23 @@ pub struct PitrForkReport {
 /// before it, else from a backup set.
 pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Progress) -> Result<PitrForkReport> {
     let started = Instant::now();
-    let mut report = match snapshot_for(resolved, opts)? {
-        Some(found) => from_snapshot::run(resolved, opts, &found, progress)?,
-        None => from_set::run(resolved, opts, progress)?,
+    let (leased, deleted) = snapshot_for(resolved, opts, progress)?;
+    let mut report = match &leased {
+        Some(leased) => from_snapshot::run(resolved, opts, &leased.found, progress)?,
+        None if deleted.is_empty() => from_set::run(resolved, opts, progress)?,
+        None => from_set::run(resolved, opts, progress).map_err(|e| {
+            Error::refused(
+                format!(
+                    "{}, and no older point is at or before the target; from a backup set instead: {e}",
+                    deleted_meanwhile(&deleted)
+                ),
+                Some("take a snapshot point or a backup before the target, or fork to a later target".into()),
+            )
+        })?,
     };
+    // The clone is made: the point may go now.
+    drop(leased);
+    report.deleted_points = deleted;
     if opts.start {
         let data = DataDir::open(&report.dst)?;
         let user = opts.fork.user.clone().unwrap_or_else(|| owner_name(data.path()));
@@ -115,21 +134,50 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
     Ok(report)
 }
 
-/// The newest snapshot point of the stanza at or before the target, unless a set is named. A
-/// target before every snapshot point and every set is refused naming both.
-fn snapshot_for(resolved: &Resolved, opts: &PitrForkOptions) -> Result<Option<Found>> {
+/// The newest snapshot point of the stanza at or before the target, leased, unless a set is
+/// named; with the ids of newer ones at or before the target that were deleted before their lease
+/// was taken (a note says which point is used instead).
+fn snapshot_for(
+    resolved: &Resolved,
+    opts: &PitrForkOptions,
+    progress: &dyn Progress,
+) -> Result<(Option<Leased>, Vec<String>)> {
     if opts.set.is_some() {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     let data = DataDir::open(&resolved.stanza.data)?;
     let system_identifier = data.control()?.system_identifier;
     let (found, _) = snapshots::list(&snapshots::snapshot_dir(resolved), system_identifier)?;
-    let chosen = found.into_iter().rev().find(|f| match &opts.recovery.target {
+    let mut candidates = found.into_iter().rev().filter(|f| match &opts.recovery.target {
         Target::Time(t, _) => f.point.stop_time <= *t,
         Target::Lsn(lsn) => f.point.stop_lsn <= *lsn,
         _ => true,
     });
-    Ok(chosen)
+    let Some(newest) = candidates.next() else { return Ok((None, Vec::new())) };
+    // The lease file is the point owner's: as root, become that owner first (the fork does anyway).
+    crate::ops::identity::become_owner_of(&opts.fork.src)?;
+    let mut deleted = Vec::new();
+    for found in std::iter::once(newest).chain(candidates) {
+        match snapshots::lease(&found)? {
+            Some(leased) => {
+                if !deleted.is_empty() {
+                    progress.note(&format!("{}; using snapshot point {}", deleted_meanwhile(&deleted), found.point.id));
+                }
+                return Ok((Some(leased), deleted));
+            }
+            None => deleted.push(found.point.id),
+        }
+    }
+    progress.note(&format!("{}; starting from a backup set", deleted_meanwhile(&deleted)));
+    Ok((None, deleted))
+}
+
+/// "snapshot point X was deleted while the fork was being prepared" for `ids`.
+fn deleted_meanwhile(ids: &[String]) -> String {
+    match ids {
+        [id] => format!("snapshot point {id} was deleted while the fork was being prepared"),
+        ids => format!("snapshot points {} were deleted while the fork was being prepared", ids.join(", ")),
+    }
 }
 
 /// The user owning `dir`, by name.
