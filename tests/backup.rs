@@ -160,7 +160,10 @@ fn restore_durable_before_report(repo: &RepoSetup, data: &std::path::Path) {
     let mut command = std::process::Command::new("strace");
     command.args(["-f", "-qq", "-y", "-e", "trace=fdatasync,fsync,write", "-e", "signal=none", "-o"]).arg(&trace);
     let restore = repo.command(&["restore", "--data", data.to_str().unwrap(), "--json"]);
-    command.arg(restore.get_program()).args(restore.get_args()).envs(restore.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    command
+        .arg(restore.get_program())
+        .args(restore.get_args())
+        .envs(restore.get_envs().filter_map(|(k, v)| Some((k, v?))));
     let out = command.output().expect("run strace (scripts/install-deps installs it)");
     succeeded(&["restore under strace"], out);
     let trace = std::fs::read_to_string(&trace).unwrap();
@@ -175,7 +178,12 @@ fn restore_durable_before_report(repo: &RepoSetup, data: &std::path::Path) {
             report_at = Some(line);
             break;
         }
-        let path_of = |call: &'static str, text: &str| text.strip_prefix(call).and_then(|t| t.split_once('<')).and_then(|(_, rest)| rest.split_once('>')).map(|(path, _)| path.to_string());
+        let path_of = |call: &'static str, text: &str| {
+            text.strip_prefix(call)
+                .and_then(|t| t.split_once('<'))
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(path, _)| path.to_string())
+        };
         for name in ["fdatasync(", "fsync("] {
             if let Some(path) = path_of(name, call) {
                 if call.ends_with("<unfinished ...>") {
@@ -195,6 +203,17 @@ fn restore_durable_before_report(repo: &RepoSetup, data: &std::path::Path) {
         }
     }
     assert!(report_at.is_some(), "the restore printed no report:\n{trace}");
+    // A file written whole is flushed under its temporary name, then renamed into place.
+    let flushed: std::collections::BTreeSet<String> = flushed
+        .into_iter()
+        .map(|path| match path.rsplit_once('/') {
+            Some((dir, name)) if name.starts_with('.') && name.contains(".pgfork-tmp.") => {
+                let final_name = name[1..].split(".pgfork-tmp.").next().unwrap_or_default();
+                format!("{dir}/{final_name}")
+            }
+            _ => path,
+        })
+        .collect();
     // strace names descriptors by their resolved paths.
     let resolved = |path: &std::path::Path| std::fs::canonicalize(path).unwrap().display().to_string();
     let mut unflushed = Vec::new();

@@ -334,13 +334,20 @@ impl Drop for RunningFork {
 }
 
 /// The pgfork binary at a path the postgres user can run (archive_command and restore_command run
-/// as the server's user; the build directory may be out of its reach).
+/// as the server's user; the build directory may be out of its reach). One directory per build
+/// directory, so that the tests of two checkouts on one machine never run each other's binary.
 pub fn server_side_pgfork() -> PathBuf {
     static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = PathBuf::from("/tmp/pgfork-test-bin");
+        use std::hash::{Hash, Hasher};
+        let mut build = std::collections::hash_map::DefaultHasher::new();
+        env!("CARGO_BIN_EXE_pgfork").hash(&mut build);
+        let root = PathBuf::from("/tmp/pgfork-test-bin");
+        let dir = root.join(format!("{:016x}", build.finish()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for level in [&root, &dir] {
+            std::fs::set_permissions(level, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let target = dir.join("pgfork");
         let tmp = dir.join(format!(".pgfork.{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
@@ -549,10 +556,18 @@ pub fn start_copy(source: &Cluster, data: &Path) -> RunningFork {
     let port = free_port();
     append(&data.join("postgresql.auto.conf"), &format!("port = {port}\n"));
     let log = data.with_extension("log");
-    must_run_as_postgres(
+    let out = run_as_postgres(
         &source.version.bin("pg_ctl"),
         &["start", "-w", "-t", "120", "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()],
     );
+    if !out.status.success() {
+        let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!(
+            "pg_ctl start -D {} failed: {}\nserver log:\n{server_log}",
+            data.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     RunningFork::beside(source, data, port)
 }
 
