@@ -38,6 +38,7 @@ pub const TARGETS: &[&str] = &[
     "pgbr_cipher",
     "pgbr_compress",
     "pgbr_block",
+    "export",
 ];
 
 /// Runs target `name` on `data`; `false` for an unknown target.
@@ -106,6 +107,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "text" => {
             let _ = parse_time(&text());
         }
+        "export" => crate::ops::export::check::fuzz(data),
         other => match other.strip_prefix("pgbr_").filter(|t| crate::pgbr::FUZZ_TARGETS.contains(t)) {
             Some(target) => crate::pgbr::fuzz(target, data),
             None => return false,
@@ -157,6 +159,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         }
         "control" => vec![vec![0u8; 296]],
         "text" => text(&["2025-01-01 12:00:00+08", "2025-01-01T04:00:00Z"]),
+        "export" => vec![crate::ops::export::check::fuzz_seed()],
         other => other.strip_prefix("pgbr_").map(crate::pgbr::fuzz_seeds).unwrap_or_default(),
     }
 }

@@ -130,6 +130,7 @@ fn man_pages_are_generated_for_commands_and_names() {
     assert!(main.contains("--config") && main.contains("export"), "{main}");
     let export = render_man(&dir.path().join("pgfork-export.1"));
     assert!(export.contains("--encrypt") && export.contains("--live"), "{export}");
+    assert!(export.contains("--check") && export.contains("--extract"), "{export}");
     let basebackup = render_man(&dir.path().join("pg-basebackup.1"));
     for flag in ["--src", "--dst", "--file", "--remove", "--tag", "--key", "--encryption"] {
         assert!(basebackup.contains(flag), "pg-basebackup.1 lacks {flag}");

@@ -1,8 +1,9 @@
 //! Single-file exports against real PostgreSQL 15 and 18: from a backup set and from the running
 //! cluster (while pgbench writes; read live on ext4, from a reflink snapshot on XFS), unpacked with
-//! the real `lz4`/`zstd` and `tar`, started, and checked; encrypted exports opened with `age -d`
-//! on a terminal and with `pgfork export --decrypt`; the `pg-basebackup` name with its flags and
-//! its retention.
+//! `pgfork export --extract` or the real `lz4`/`zstd` and `tar`, started, and checked; `export
+//! --check` and `--extract` on whole, damaged and truncated exports; encrypted exports opened with
+//! `age -d` on a terminal and with `pgfork export --decrypt`; the `pg-basebackup` name with its
+//! flags and its retention.
 
 mod common;
 #[path = "../vm-tests/loopfs.rs"]
@@ -15,13 +16,29 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
+/// The plain-tools line of the README: `open` (the command that turns the export into a tar
+/// stream) piped into `tar -x` in a new directory `dir`, under `pipefail`.
+fn plain_unpack(open: &str, file: &Path, dir: &Path) -> std::process::Output {
+    let script = format!(
+        "set -o pipefail; mkdir -m 700 '{}' && {open} < '{}' | tar -x -C '{}'",
+        dir.display(),
+        file.display(),
+        dir.display()
+    );
+    Command::new("bash").args(["-c", &script]).output().unwrap()
+}
+
 /// Unpacks `file` into a new directory `dir` the way the README says, as root (so the archive's
 /// owner, postgres, owns what comes out); `open` is the command that turns it into a tar stream.
 fn unpack(open: &str, file: &Path, dir: &Path) {
-    let script =
-        format!("mkdir -m 700 '{}' && {open} < '{}' | tar -x -C '{}'", dir.display(), file.display(), dir.display());
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = plain_unpack(open, file, dir);
+    assert!(out.status.success(), "unpack {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("pgfork-export.manifest").exists(), "tar leaves the manifest in the data directory");
+    owned_by_postgres(dir);
+}
+
+/// Asserts that everything in `dir` belongs to postgres and `dir` is mode 0700.
+fn owned_by_postgres(dir: &Path) {
     let owner = nix::unistd::User::from_name(PG_USER).unwrap().unwrap();
     for entry in walkdir::WalkDir::new(dir) {
         let entry = entry.unwrap();
@@ -74,16 +91,108 @@ fn export_from_a_set(version: &PgVersion) {
     let again = repo.run(&["export", "--set", &label, "--to", file.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(3), "{}", String::from_utf8_lossy(&again.stderr));
 
+    let pg_uid = nix::unistd::User::from_name(PG_USER).unwrap().unwrap().uid.as_raw();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().uid(),
+        pg_uid,
+        "run as root, the export belongs to the cluster's owner"
+    );
+
+    // --check reads it all against the manifest; --extract unpacks it, checked, into a new directory.
+    let checked: serde_json::Value =
+        serde_json::from_str(&pgfork_ok(&["export", "--check", file.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(checked["ok"], true, "{checked}");
+    assert_eq!(checked["digest"], "sha256");
+    assert_eq!(checked["files"], checked["manifest_files"]);
+    assert_eq!(
+        checked["files"].as_u64().unwrap(),
+        report["files"].as_u64().unwrap() + report["wal_segments"].as_u64().unwrap(),
+        "{checked} {report}"
+    );
+    assert_eq!(checked["bytes"], report["data_bytes"]);
+    let text = pgfork_ok(&["export", "--check", file.to_str().unwrap()]);
+    assert!(text.contains(": OK") && text.contains("every file matches its sha256 digest"), "{text}");
     let data = dir.path().join("data");
-    unpack(open, &file, &data);
+    let extracted: serde_json::Value = serde_json::from_str(&pgfork_ok(&[
+        "export",
+        "--extract",
+        file.to_str().unwrap(),
+        "--to",
+        data.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!((&extracted["ok"], &extracted["owner"]), (&true.into(), &PG_USER.into()), "{extracted}");
+    owned_by_postgres(&data);
     assert!(data.join("backup_label").exists());
+    assert!(!data.join("pgfork-export.manifest").exists(), "the manifest stays in the export");
+    assert_eq!(leftovers(dir.path()), ["data".to_string(), format!("meta.{ext}")], "no staging directory left");
+    // Into a directory that holds something: refused before anything is written.
+    let refused = pgfork(&["export", "--extract", file.to_str().unwrap(), "--to", data.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"));
     let copy = start_copy(&cluster, &data);
     assert_eq!(copy.psql("postgres", "SELECT answer FROM marker"), "42", "the copy is the set, not the cluster now");
     assert_eq!(copy.psql("postgres", "SELECT count(*) FROM pgbench_accounts"), at_backup);
     assert_eq!(copy.psql("postgres", "SHOW archive_mode"), "off");
     copy.amcheck();
+    drop(copy);
+
+    damaged_and_truncated(&file, open);
 }
 on_each_version!(export_from_a_set_15, export_from_a_set_18, export_from_a_set);
+
+/// The names in `dir`, sorted.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// `export --check` and `--extract` on `file` with one byte flipped in its middle, then cut 1 MB
+/// short: both fail, naming the damage or the truncation, and nothing is left where the
+/// extraction was to go. The README's plain-tools line fails too (pipefail).
+fn damaged_and_truncated(file: &Path, open: &str) {
+    let whole = std::fs::read(file).unwrap();
+    assert!(whole.len() > 2 << 20, "an export of {} bytes is too small to cut 1 MB off", whole.len());
+    let scratch = PgDir::new(None, "export-bad-");
+    let bad = scratch.path().join(file.file_name().unwrap());
+    let bad_name = bad.file_name().unwrap().to_string_lossy().into_owned();
+    let into = scratch.path().join("data");
+    let check = || pgfork(&["export", "--check", bad.to_str().unwrap(), "--json"]);
+    let extract = || pgfork(&["export", "--extract", bad.to_str().unwrap(), "--to", into.to_str().unwrap()]);
+
+    let mut flipped = whole.clone();
+    flipped[whole.len() / 2] ^= 0x20;
+    std::fs::write(&bad, &flipped).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failure = report["failure"].as_str().unwrap();
+    assert!(failure.starts_with("damaged: ") && report["truncated"] == false, "{report}");
+    // The damaged file, or the entry after which the stream could no longer be read.
+    let named = report["damaged"].as_str().or_else(|| failure.split(" after ").nth(1));
+    assert!(named.is_some_and(|n| !n.is_empty()), "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(failure), "the error repeats the failure");
+    let out = extract();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged: "), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(leftovers(scratch.path()), std::slice::from_ref(&bad_name), "nothing left at DIR");
+    let plain = plain_unpack(open, &bad, &into);
+    assert!(!plain.status.success(), "lz4/zstd under pipefail must fail the pipeline");
+    std::fs::remove_dir_all(&into).unwrap();
+
+    std::fs::write(&bad, &whole[..whole.len() - (1 << 20)]).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["failure"].as_str().unwrap().starts_with("truncated: ") && report["truncated"] == true, "{report}");
+    let out = extract();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated: "), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(leftovers(scratch.path()), [bad_name], "nothing left at DIR");
+}
 
 /// An online export while pgbench writes, with a tablespace; `base` holds the cluster (an XFS
 /// image makes the export read a reflink snapshot, elsewhere it reads the live files).
@@ -114,6 +223,8 @@ fn export_live_in(version: &PgVersion, base: Option<&Path>, open: &str, ext: &st
     assert!(leftovers.is_empty(), "the export left {leftovers:?} beside the data directory");
     assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM pg_replication_slots"), "0");
 
+    let checked = pgfork_ok(&["export", "--check", file.to_str().unwrap()]);
+    assert!(checked.contains(": OK"), "{checked}");
     let data = dir.path().join("data");
     unpack(open, &file, &data);
     assert!(!data.join("postmaster.pid").exists() && !data.join("tablespace_map").exists());
@@ -187,6 +298,26 @@ fn encrypted_export_opens_with_age_and_pgfork() {
     assert!(export(Some(secret), &sealed).status.success());
     assert_eq!(&std::fs::read(&sealed).unwrap()[..22], b"age-encryption.org/v1\n");
 
+    // --check decrypts as it reads, with the passphrase from where --decrypt takes it.
+    let check = |pass: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgfork"));
+        cmd.args(["export", "--check", sealed.to_str().unwrap(), "--json"]);
+        match pass {
+            Some(p) => cmd.env("PGFORK_EXPORT_PASSPHRASE", p),
+            None => cmd.env_remove("PGFORK_EXPORT_PASSPHRASE"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = check(Some(secret));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["ok"] == true && report["encrypted"] == true && report["compression"] == "lz4", "{report}");
+    assert!(report["files"].as_u64().unwrap() > 900, "{report}");
+    let wrong = check(Some("not it"));
+    assert_eq!(wrong.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    assert_eq!(check(None).status.code(), Some(3), "no passphrase: refused");
+
     // age, the tool users have: the passphrase typed on its terminal.
     let by_age = dir.path().join("by-age.tar.lz4");
     let wrong = age_decrypt(&sealed, &by_age, "not it");
@@ -210,6 +341,26 @@ fn encrypted_export_opens_with_age_and_pgfork() {
 
     let data = dir.path().join("data");
     unpack("lz4 -d", &by_pgfork, &data);
+    // --extract of the encrypted file, the passphrase in a file: the same tree as tar's.
+    let key = dir.path().join("key");
+    std::fs::write(&key, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let extracted = dir.path().join("extracted");
+    let args = [
+        "export",
+        "--extract",
+        sealed.to_str().unwrap(),
+        "--to",
+        extracted.to_str().unwrap(),
+        "--passphrase-file",
+        key.to_str().unwrap(),
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_pgfork")).args(args).env_remove("PGFORK_EXPORT_PASSPHRASE").output();
+    succeeded(&args, out.unwrap());
+    owned_by_postgres(&extracted);
+    for rel in ["backup_label", "global/pg_control", "postgresql.auto.conf"] {
+        assert_eq!(std::fs::read(data.join(rel)).unwrap(), std::fs::read(extracted.join(rel)).unwrap(), "{rel}");
+    }
     let copy = start_copy(&cluster, &data);
     assert_eq!(copy.psql("postgres", "SELECT count(*) FROM pgbench_accounts"), "100000");
     drop(copy);
@@ -227,6 +378,20 @@ fn encrypted_export_opens_with_age_and_pgfork() {
         "{}",
         String::from_utf8_lossy(&damaged.stderr)
     );
+    // --check names the file the damaged chunk belongs to (or the entry before it).
+    let out = check(Some(secret));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failure = report["failure"].as_str().unwrap();
+    assert!(failure.starts_with("damaged: "), "{report}");
+    assert!(report["damaged"].is_string() || failure.contains(" after "), "{report}");
+    // Whole again, then cut 1 MB short: truncated.
+    bytes[at] ^= 0x01;
+    std::fs::write(&sealed, &bytes[..bytes.len() - (1 << 20)]).unwrap();
+    let out = check(Some(secret));
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["failure"].as_str().unwrap().starts_with("truncated: "), "{report}");
 }
 
 /// `pgfork` linked as `pg-basebackup` in a directory of its own.

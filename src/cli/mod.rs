@@ -98,7 +98,8 @@ pub enum Command {
     /// Print or install the [schedule] jobs as cron lines or systemd timers.
     Schedule(schedule::ScheduleArgs),
     /// Write one file (tar, LZ4 or Zstandard, optionally age-encrypted) holding a data directory
-    /// that starts on its own, from a backup set or the running cluster; or decrypt one.
+    /// that starts on its own, from a backup set or the running cluster; or check one against its
+    /// manifest, extract one (checked), or decrypt one.
     Export(export::ExportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),

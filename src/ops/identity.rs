@@ -90,6 +90,45 @@ pub fn repository_owner_anchor(resolved: &crate::config::Resolved) -> Option<std
     None
 }
 
+/// Who files pgfork creates as root for a data directory at `dir` belong to, when something
+/// names their owner (an export's entries name the cluster's owner, by name and ids): the user of
+/// that name on this machine (with the named group, else the user's own), as `tar` does as root;
+/// else the named ids, unless they are root's; else — as restore picks the repository's user — the
+/// owner of `dir` or the nearest existing directory above it that root does not own; else
+/// `postgres`.
+/// Refused when none of them is anyone but root: PostgreSQL never runs as root.
+pub fn owner_for(named: Option<(&str, &str, u32, u32)>, dir: &Path) -> Result<(Uid, Gid, String)> {
+    if let Some((user, group, uid, gid)) = named {
+        if let Some(account) = User::from_name(user).ok().flatten().filter(|u| !u.uid.is_root()) {
+            let gid = nix::unistd::Group::from_name(group).ok().flatten().map_or(account.gid, |g| g.gid);
+            return Ok((account.uid, gid, account.name));
+        }
+        if uid != 0 {
+            let name =
+                User::from_uid(Uid::from_raw(uid)).ok().flatten().map_or_else(|| format!("uid {uid}"), |u| u.name);
+            return Ok((Uid::from_raw(uid), Gid::from_raw(gid), name));
+        }
+    }
+    for anchor in dir.ancestors() {
+        if let Ok(meta) = std::fs::metadata(anchor)
+            && meta.uid() != 0
+        {
+            let name = User::from_uid(Uid::from_raw(meta.uid()))
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {}", meta.uid()), |u| u.name);
+            return Ok((Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid()), name));
+        }
+    }
+    match User::from_name("postgres").ok().flatten() {
+        Some(user) => Ok((user.uid, user.gid, user.name)),
+        None => Err(Error::refused(
+            format!("started as root, pgfork found no user to give {} to", dir.display()),
+            Some("create the user that runs PostgreSQL, or run pgfork as that user".into()),
+        )),
+    }
+}
+
 fn switch_to(user: &User) -> nix::Result<()> {
     let name = std::ffi::CString::new(user.name.as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
     nix::unistd::setgid(Gid::from_raw(user.gid.as_raw()))?;

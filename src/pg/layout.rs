@@ -24,6 +24,9 @@ pub const EXCLUDED_FILES: &[&str] = &[
     // Patroni's cache of its cluster's dynamic configuration ("pause": true among it): a copy
     // started under another Patroni must take that cluster's, not this one's.
     "patroni.dynamic.json",
+    // The manifest of the export a data directory was unpacked from with tar: it describes that
+    // export, not this cluster (and an export of it writes its own).
+    crate::ops::export::manifest::MANIFEST_NAME,
 ];
 
 /// What to do with one entry, judged by its path relative to the data directory root.
@@ -128,6 +131,7 @@ mod tests {
         assert_eq!(classify("base/5/t3_16384", false), Disposition::Skip);
         assert_eq!(classify("base/5/16384", false), Disposition::Copy);
         assert_eq!(classify("base/5/postmaster.pid", false), Disposition::Copy);
+        assert_eq!(classify("pgfork-export.manifest", false), Disposition::Skip);
         assert_eq!(classify("global/pg_control", false), Disposition::Copy);
     }
 

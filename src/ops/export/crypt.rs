@@ -4,7 +4,7 @@
 //! a truncated file is an error, never altered data. `age -d` decrypts it, asking for the
 //! passphrase on the terminal; `pgfork export --decrypt` does the same without a terminal.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -62,21 +62,7 @@ pub enum Plaintext<'a> {
 /// before the damage were already written, and the error says so).
 pub fn decrypt(input: &Path, output: Plaintext<'_>, passphrase: &SecretString) -> Result<u64> {
     let file = std::fs::File::open(input).at("open", input)?;
-    let decryptor = age::Decryptor::new_buffered(BufReader::new(file)).map_err(|e| not_age(input, &e))?;
-    if !decryptor.is_scrypt() {
-        return Err(Error::refused(
-            format!("{} is encrypted to age keys, not with a passphrase", input.display()),
-            Some("decrypt it with age -d -i KEYFILE".into()),
-        ));
-    }
-    let identity = age::scrypt::Identity::new(passphrase.clone());
-    let mut reader = decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)).map_err(|e| match e {
-        age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => Error::refused(
-            format!("wrong passphrase for {}", input.display()),
-            Some(format!("set {PASSPHRASE_ENV} (or name the file holding it) to the passphrase it was exported with")),
-        ),
-        other => not_age(input, &other),
-    })?;
+    let mut reader = decrypting(BufReader::new(file), input, passphrase)?;
     match output {
         Plaintext::File(path) => {
             let tmp = fsx::temp_name(path);
@@ -106,6 +92,34 @@ pub fn decrypt(input: &Path, output: Plaintext<'_>, passphrase: &SecretString) -
             Ok(copied)
         }
     }
+}
+
+/// The first bytes of every age file in its binary form (exports are never armored).
+pub const AGE_MAGIC: &[u8] = b"age-encryption.org/";
+
+/// The plaintext of the age file `reader` (read from `input`) under `passphrase`: refused when it
+/// is not a passphrase-encrypted age file or the passphrase is wrong; the reader fails where
+/// the file is damaged or truncated.
+pub fn decrypting<R: BufRead>(
+    reader: R,
+    input: &Path,
+    passphrase: &SecretString,
+) -> Result<age::stream::StreamReader<R>> {
+    let decryptor = age::Decryptor::new_buffered(reader).map_err(|e| not_age(input, &e))?;
+    if !decryptor.is_scrypt() {
+        return Err(Error::refused(
+            format!("{} is encrypted to age keys, not with a passphrase", input.display()),
+            Some("decrypt it with age -d -i KEYFILE".into()),
+        ));
+    }
+    let identity = age::scrypt::Identity::new(passphrase.clone());
+    decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)).map_err(|e| match e {
+        age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => Error::refused(
+            format!("wrong passphrase for {}", input.display()),
+            Some(format!("set {PASSPHRASE_ENV} (or name the file holding it) to the passphrase it was exported with")),
+        ),
+        other => not_age(input, &other),
+    })
 }
 
 fn copy(reader: &mut impl Read, out: &mut impl Write, input: &Path) -> Result<u64> {

@@ -3,9 +3,14 @@
 //! write for it) or from the running cluster (an online base backup with the WAL from its start
 //! to its stop). `tar -x` after `lz4 -d` or `zstd -d` (and `age -d`) gives the directory back.
 //! The file is written under a temporary name and renamed into place once complete and durable.
+//! Its last entry is a manifest of every file's SHA-256 (`manifest.rs`); `check.rs` reads an
+//! export against it and `extract.rs` unpacks one only once it matched.
 
+pub mod check;
 pub mod crypt;
+pub mod extract;
 pub mod live;
+pub mod manifest;
 pub mod retention;
 pub mod set;
 pub mod sink;
@@ -23,6 +28,8 @@ use crate::progress::Progress;
 use crate::repo::label::SetLabel;
 use crate::util::{fsx, ms_since};
 
+pub use check::{CheckReport, check};
+pub use extract::extract;
 pub use live::LiveSource;
 pub use sink::{AGE_SUFFIX, Compression, EntryOwner, Sink};
 

@@ -13,6 +13,7 @@ use crate::mount::content::ContentReader;
 use crate::mount::tree::{Content, Fill, Ino, Kind, Node, ROOT, Tree};
 use crate::mount::view::{self, DataDirView};
 use crate::mount::{DEFAULT_CACHE, default_owner};
+use crate::ops::export::manifest::MANIFEST_NAME;
 use crate::ops::export::sink::{EntryOwner, Sink};
 use crate::ops::export::{ExportReport, Opened};
 use crate::progress::Progress;
@@ -91,6 +92,10 @@ impl SetExport {
             return Ok(());
         };
         for (name, &ino) in children {
+            // A manifest a backup of an unpacked export kept: the export writes its own.
+            if dir == ROOT && name.as_str() == MANIFEST_NAME {
+                continue;
+            }
             let Some(node) = self.tree.get(ino) else { continue };
             let rel = format!("{prefix}{name}");
             let mode = u32::from(node.perm);

@@ -3,6 +3,8 @@
 //! in the age format under a passphrase, into a temporary file beside the destination. `commit`
 //! finishes every layer, fsyncs, renames into place and fsyncs the directory; a sink dropped
 //! uncommitted removes its temporary, so an export is either whole under its name or absent.
+//! Every entry is recorded as it is written — each file's SHA-256 taken from the very bytes the
+//! archive receives — and the manifest of them all is the archive's last entry.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -13,6 +15,9 @@ use age::secrecy::SecretString;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
+use crate::ops::export::manifest::{
+    ExportManifest, Hasher, MANIFEST_NAME, ManifestDir, ManifestFile, ManifestOwner, normalize, octal, sha256_hex,
+};
 use crate::progress::Progress;
 use crate::util::fsx;
 
@@ -94,6 +99,11 @@ impl EntryOwner {
             user: user.unwrap_or_else(|| uid.to_string()),
             group: group.unwrap_or_else(|| gid.to_string()),
         }
+    }
+
+    /// The owner as the manifest records it.
+    pub fn manifest_owner(&self) -> ManifestOwner {
+        ManifestOwner { uid: self.uid, gid: self.gid, user: self.user.clone(), group: self.group.clone() }
     }
 }
 
@@ -199,6 +209,7 @@ pub struct Sink {
     dest: PathBuf,
     owner: EntryOwner,
     mtime: u64,
+    manifest: ExportManifest,
     /// Bytes of file contents written (before compression).
     pub data_bytes: u64,
 }
@@ -206,6 +217,8 @@ pub struct Sink {
 impl Sink {
     /// Opens a temporary beside `dest` for an export compressed with `compression` and, with a
     /// passphrase, encrypted; entries belong to `owner` and carry `mtime` (seconds since 1970).
+    /// Started as root, the file belongs to `owner` too, as the repository's files belong to its
+    /// owner: an export is the cluster's data, not root's.
     pub fn create(
         dest: &Path,
         compression: Compression,
@@ -216,6 +229,9 @@ impl Sink {
         let temp = Temp { path: fsx::temp_name(dest), committed: false };
         let file =
             OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp.path).at("create", &temp.path)?;
+        if nix::unistd::Uid::effective().is_root() && owner.uid != 0 {
+            std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid)).at("chown", &temp.path)?;
+        }
         let buffered = BufWriter::with_capacity(CHUNK, file);
         let sealed = match passphrase {
             Some(pass) => Sealed::Age(
@@ -226,7 +242,8 @@ impl Sink {
         let compressed = Compressed::new(compression, sealed).at("compress", &temp.path)?;
         let mut tar = tar::Builder::new(compressed);
         tar.mode(tar::HeaderMode::Complete);
-        Ok(Sink { tar, temp, dest: dest.to_path_buf(), owner, mtime, data_bytes: 0 })
+        let manifest = ExportManifest::new(owner.manifest_owner());
+        Ok(Sink { tar, temp, dest: dest.to_path_buf(), owner, mtime, manifest, data_bytes: 0 })
     }
 
     fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> Result<tar::Header> {
@@ -242,17 +259,36 @@ impl Sink {
         Ok(header)
     }
 
+    /// The name `rel` has in the manifest; the manifest's own name is refused (the callers leave
+    /// out a file of that name that a data directory unpacked by `tar` holds).
+    fn entry_name(&self, rel: &str) -> Result<String> {
+        match normalize(rel.as_bytes()) {
+            Some(name) if name != MANIFEST_NAME => Ok(name),
+            _ => Err(Error::invalid(format!("export entry {rel:?}"), "not a name an export may hold")),
+        }
+    }
+
     /// Adds directory `rel` ("." for the data directory itself).
     pub fn dir(&mut self, rel: &str, mode: u32) -> Result<()> {
+        let path = self.entry_name(rel)?;
         let mut header = self.header(tar::EntryType::Directory, mode, 0)?;
-        self.tar.append_data(&mut header, rel, io::empty()).at("write", &self.temp.path)
+        self.tar.append_data(&mut header, rel, io::empty()).at("write", &self.temp.path)?;
+        self.manifest.dirs.push(ManifestDir { path, mode: octal(mode) });
+        Ok(())
     }
 
     /// Adds file `rel` holding `bytes`.
     pub fn bytes(&mut self, rel: &str, bytes: &[u8], mode: u32) -> Result<()> {
+        let path = self.entry_name(rel)?;
         let mut header = self.header(tar::EntryType::Regular, mode, bytes.len() as u64)?;
         self.tar.append_data(&mut header, rel, bytes).at("write", &self.temp.path)?;
         self.data_bytes += bytes.len() as u64;
+        self.manifest.files.push(ManifestFile {
+            path,
+            size: bytes.len() as u64,
+            mode: octal(mode),
+            sha256: sha256_hex(bytes),
+        });
         Ok(())
     }
 
@@ -268,21 +304,26 @@ impl Sink {
         progress: &dyn Progress,
         check: &dyn Fn() -> Result<()>,
     ) -> Result<()> {
+        let path = self.entry_name(rel)?;
         let mut header = self.header(tar::EntryType::Regular, mode, size)?;
-        let mut reader = Exact { inner: source, rel, left: size, ended: false, progress, check, failed: None };
+        let mut reader = Exact::new(source, rel, size, progress, check);
         let written = self.tar.append_data(&mut header, rel, &mut reader);
         if let Some(error) = reader.failed.take() {
             return Err(error);
         }
         written.at("write", &self.temp.path)?;
         self.data_bytes += size;
+        self.manifest.files.push(ManifestFile { path, size, mode: octal(mode), sha256: reader.digest.finish() });
         Ok(())
     }
 
-    /// Finishes the archive, the compression and the encryption, makes the file durable and
-    /// renames it to its name. Returns the file's size.
+    /// Appends the manifest, last; finishes the archive, the compression and the encryption,
+    /// makes the file durable and renames it to its name. Returns the file's size.
     pub fn commit(mut self) -> Result<u64> {
         let path = self.temp.path.clone();
+        let manifest = self.manifest.to_text();
+        let mut header = self.header(tar::EntryType::Regular, 0o600, manifest.len() as u64)?;
+        self.tar.append_data(&mut header, MANIFEST_NAME, manifest.as_bytes()).at("write", &path)?;
         let compressed = self.tar.into_inner().at("finish the archive in", &path)?;
         let sealed = compressed.finish().at("finish the compression of", &path)?;
         let file = sealed.finish().at("finish", &path)?;
@@ -296,8 +337,9 @@ impl Sink {
     }
 }
 
-/// Reads exactly `left` bytes of `inner`, reporting progress; the first error of `check` or of
-/// the source is kept in `failed` (tar only sees that the read failed).
+/// Reads exactly `left` bytes of `inner`, reporting progress and digesting what it returns; the
+/// first error of `check` or of the source is kept in `failed` (tar only sees that the read
+/// failed).
 struct Exact<'a, R> {
     inner: R,
     rel: &'a str,
@@ -306,6 +348,13 @@ struct Exact<'a, R> {
     progress: &'a dyn Progress,
     check: &'a dyn Fn() -> Result<()>,
     failed: Option<Error>,
+    digest: Hasher,
+}
+
+impl<'a, R> Exact<'a, R> {
+    fn new(inner: R, rel: &'a str, left: u64, progress: &'a dyn Progress, check: &'a dyn Fn() -> Result<()>) -> Self {
+        Exact { inner, rel, left, ended: false, progress, check, failed: None, digest: Hasher::default() }
+    }
 }
 
 impl<R: Read> Read for Exact<'_, R> {
@@ -339,6 +388,7 @@ impl<R: Read> Read for Exact<'_, R> {
             got
         };
         self.left -= n as u64;
+        self.digest.update(&buf[..n]);
         self.progress.advance(n as u64);
         Ok(n)
     }
@@ -365,20 +415,12 @@ mod tests {
     fn exact_pads_a_short_source_and_cuts_a_long_one() {
         let ok = || Ok(());
         let mut out = Vec::new();
-        let mut short =
-            Exact { inner: &b"abc"[..], rel: "a", left: 5, ended: false, progress: &Silent, check: &ok, failed: None };
+        let mut short = Exact::new(&b"abc"[..], "a", 5, &Silent, &ok);
         short.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abc\0\0");
+        assert_eq!(short.digest.finish(), sha256_hex(b"abc\0\0"), "the digest is of what the archive holds");
         out.clear();
-        let mut long = Exact {
-            inner: &b"abcdef"[..],
-            rel: "a",
-            left: 4,
-            ended: false,
-            progress: &Silent,
-            check: &ok,
-            failed: None,
-        };
+        let mut long = Exact::new(&b"abcdef"[..], "a", 4, &Silent, &ok);
         long.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abcd");
     }
@@ -422,7 +464,9 @@ mod tests {
                     (e.path().unwrap().display().to_string(), e.size())
                 })
                 .collect();
-            assert_eq!(names, [(".".to_string(), 0), ("PG_VERSION".into(), 3), ("base/1/1259".into(), 9)]);
+            assert_eq!(names[..3], [(".".to_string(), 0), ("PG_VERSION".into(), 3), ("base/1/1259".into(), 9)]);
+            assert_eq!(names.len(), 4);
+            assert_eq!(names[3].0, MANIFEST_NAME, "the manifest comes last");
         }
     }
 
