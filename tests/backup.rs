@@ -193,13 +193,13 @@ fn restore_durable_before_report(repo: &RepoSetup, data: &std::path::Path) {
                 }
             }
         }
-        if call.starts_with("<... fdatasync resumed>") || call.starts_with("<... fsync resumed>") {
-            if let Some(started) = pending.remove(pid)
-                && call.ends_with("= 0")
-            {
-                let name = if started.starts_with("fdatasync(") { "fdatasync(" } else { "fsync(" };
-                flushed.extend(path_of(name, started));
-            }
+        let resumed = call.starts_with("<... fdatasync resumed>") || call.starts_with("<... fsync resumed>");
+        if resumed
+            && call.ends_with("= 0")
+            && let Some(started) = pending.remove(pid)
+        {
+            let name = if started.starts_with("fdatasync(") { "fdatasync(" } else { "fsync(" };
+            flushed.extend(path_of(name, started));
         }
     }
     assert!(report_at.is_some(), "the restore printed no report:\n{trace}");
