@@ -11,16 +11,21 @@
 //! prefix = "pg"                        # optional key prefix inside the bucket
 //! uri_style = "path"                   # or "host"
 //! credentials_file = "/etc/pgfork/s3"  # mode 0600, AWS format; else $AWS_ACCESS_KEY_ID …
+//! stall_timeout = 30                   # s without a byte: the request is sent again
+//! request_timeout = 30                 # s a request may take besides its size at min_rate
+//! min_rate = 256                       # KiB/s, of the requests in flight together
 //! ```
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::repo::codec::Compression;
 use crate::repo::crypto::Passphrase;
+use crate::repo::storage::Deadlines;
 
 /// The environment variable holding the passphrase (unless a repository names a file).
 pub const PASSPHRASE_ENV: &str = "PGFORK_PASSPHRASE";
@@ -133,6 +138,14 @@ pub struct RepoConfig {
     /// S3: a credentials file (mode 0600) in the AWS format (`aws_access_key_id`,
     /// `aws_secret_access_key`, `aws_session_token` under `[default]`).
     pub credentials_file: Option<PathBuf>,
+    /// S3: seconds a request may receive nothing (a stalled connection) before it is abandoned
+    /// and sent again on a new connection [default: 30].
+    pub stall_timeout: Option<u64>,
+    /// S3: seconds a request may take besides its size at `min_rate` [default: 30].
+    pub request_timeout: Option<u64>,
+    /// S3: the slowest transfer allowed, in KiB/s, of the requests in flight together [default:
+    /// 256].
+    pub min_rate: Option<u64>,
     /// pgBackRest repository: where pgfork keeps what it records about the sets (verifications,
     /// scrubs, leases) and its scratch files [default: ~/.local/state/pgfork/<repo> of the user
     /// pgfork acts as].
@@ -184,7 +197,22 @@ impl RepoConfig {
             RepoKind::Pgbackrest if self.path.as_os_str().is_empty() && self.bucket.is_none() => {
                 Err(missing("path (pgBackRest's repo1-path), or endpoint and bucket"))
             }
+            _ if [self.stall_timeout, self.request_timeout, self.min_rate].contains(&Some(0)) => Err(Error::refused(
+                format!("repository {name}: stall_timeout, request_timeout and min_rate must be above 0"),
+                None,
+            )),
             _ => Ok(()),
+        }
+    }
+
+    /// How long requests to the bucket may take.
+    pub fn deadlines(&self) -> Deadlines {
+        let default = Deadlines::default();
+        Deadlines {
+            stall: self.stall_timeout.map_or(default.stall, Duration::from_secs),
+            base: self.request_timeout.map_or(default.base, Duration::from_secs),
+            min_rate: self.min_rate.map_or(default.min_rate, |kib| kib << 10),
+            ..default
         }
     }
 
@@ -327,6 +355,20 @@ mod tests {
         assert_eq!(aws_ini_value(text, "aws_secret_access_key").as_deref(), Some("SK"));
         assert_eq!(aws_ini_value(text, "aws_session_token"), None);
         assert_eq!(aws_ini_value("aws_access_key_id=top\n", "aws_access_key_id").as_deref(), Some("top"));
+    }
+
+    #[test]
+    fn request_deadlines_are_set_per_repository() {
+        let repo = |lines: &str| {
+            let text = format!("[repo.b]\ntype = \"s3\"\nendpoint = \"http://s3\"\nbucket = \"b\"\n{lines}");
+            crate::config::Config::parse(&text).unwrap().repo.remove("b").unwrap()
+        };
+        assert_eq!(repo("").deadlines(), Deadlines::default());
+        let set = repo("stall_timeout = 2\nrequest_timeout = 5\nmin_rate = 64\n");
+        let d = set.deadlines();
+        assert_eq!((d.stall, d.base, d.min_rate), (Duration::from_secs(2), Duration::from_secs(5), 64 << 10));
+        assert!(set.validate("b").is_ok());
+        assert!(repo("stall_timeout = 0\n").validate("b").is_err());
     }
 
     #[test]

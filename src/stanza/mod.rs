@@ -83,6 +83,7 @@ pub fn storage_of(resolved: &Resolved) -> Result<Arc<dyn Storage>> {
             verify_tls: repo.verify_tls,
             ca_file: repo.ca_file.clone(),
             credentials: repo.s3_credentials()?,
+            deadlines: repo.deadlines(),
         })?)
     } else {
         Arc::new(LocalStorage::new(&repo.path))

@@ -419,6 +419,7 @@ pub mod patroni;
 pub mod pgbackrest;
 pub mod s3;
 pub mod scenarios;
+pub mod stall_proxy;
 
 /// A repository directory and configuration for a cluster, for the backup commands.
 pub struct RepoSetup {

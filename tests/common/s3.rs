@@ -125,6 +125,7 @@ impl Seaweed {
                 secret_access_key: SECRET_KEY.into(),
                 session_token: None,
             },
+            deadlines: Default::default(),
         })
         .unwrap()
     }

@@ -12,11 +12,13 @@
 //!   manifest its commit point: it is put last, and a set without one is garbage that the next
 //!   locked run removes.
 
+mod deadline;
 mod expiring;
 mod local;
 mod local_lock;
 mod s3;
 
+pub use deadline::Deadlines;
 pub use local::LocalStorage;
 pub use s3::{S3Settings, S3Storage};
 

@@ -8,6 +8,10 @@
 //! servers (Garage 2.5) silently overwrite — and otherwise a protocol that stays safe without it:
 //! each creator announces its content under a candidate key, then lists the candidates and looks
 //! for the object; only a creator that finds neither another content nor the object writes it.
+//!
+//! Every request runs under the repository's progress deadlines ([`deadline`]): a read that stalls
+//! or crawls is abandoned and sent again on a new connection, a far slower one hedged, and after a
+//! few requests the read fails naming the object, the range and what arrived.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::S3Credentials;
 use crate::error::{Error, Result};
+use crate::repo::storage::deadline::{Deadlines, Failed, Failure, Watch};
 use crate::repo::storage::{Held, ObjectMeta, Storage, expiring};
 use crate::util::runtime::block_on;
 
@@ -38,6 +43,8 @@ const PARTS_IN_FLIGHT: usize = 4;
 const CANDIDATES: &str = ".pgfork-candidates";
 /// A candidate older than this was left by a creator that died.
 const STALE_CANDIDATE: Duration = Duration::from_secs(3600);
+/// The HTTP client's timeout for one request, beyond any the deadlines allow a healthy one.
+const BACKSTOP: Duration = Duration::from_secs(3600);
 
 /// Where the bucket is and how to reach it.
 #[derive(Debug, Clone)]
@@ -58,6 +65,8 @@ pub struct S3Settings {
     pub ca_file: Option<PathBuf>,
     /// The keys.
     pub credentials: S3Credentials,
+    /// How long requests may take.
+    pub deadlines: Deadlines,
 }
 
 /// Whether the server honours `If-None-Match: *`.
@@ -72,6 +81,7 @@ pub struct S3Storage {
     location: String,
     exclusive: AtomicU8,
     fetched: AtomicU64,
+    watch: Watch,
 }
 
 impl S3Storage {
@@ -85,10 +95,13 @@ impl S3Storage {
             settings.prefix.trim_matches('/'),
             settings.endpoint.trim_end_matches('/')
         );
+        // HTTP/1 only, so that dropping a request drops its connection (see `deadline`), which
+        // bounds every request: the client's own timeout is only a backstop.
         let mut client = ClientOptions::new()
             .with_allow_http(settings.endpoint.starts_with("http://"))
+            .with_http1_only()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(120));
+            .with_timeout(BACKSTOP);
         if !settings.verify_tls {
             client = client.with_allow_invalid_certificates(true);
         }
@@ -132,6 +145,7 @@ impl S3Storage {
             location,
             exclusive: AtomicU8::new(EXCLUSIVE_UNKNOWN),
             fetched: AtomicU64::new(0),
+            watch: Watch::new(settings.deadlines),
         })
     }
 
@@ -142,17 +156,19 @@ impl S3Storage {
         getrandom::fill(&mut token).expect("the operating system's random source works");
         let key = format!(".pgfork-probe-{}", crate::repo::crypto::to_hex(&token));
         let path = self.path(&key)?;
-        let create = |body: &'static [u8]| block_on(self.store.put_opts(&path, body.into(), PutMode::Create.into()));
+        let create = |body: &'static [u8]| {
+            block_on(self.watch.bounded(0, true, || self.store.put_opts(&path, body.into(), PutMode::Create.into())))
+        };
         create(b"first").map_err(|e| self.failed("probe conditional create at", &key, e))?;
         let honoured = match create(b"second") {
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => true,
+            Err(e) if taken(&e) => true,
             Ok(_) => false,
             Err(e) => {
-                let _ = block_on(self.store.delete(&path));
+                let _ = self.delete(&key);
                 return Err(self.failed("probe conditional create at", &key, e));
             }
         };
-        block_on(self.store.delete(&path)).map_err(|e| self.failed("delete", &key, e))?;
+        self.delete(&key)?;
         self.set_exclusive_create(honoured);
         Ok(honoured)
     }
@@ -170,7 +186,12 @@ impl S3Storage {
     /// An error naming the object and the bucket, with a refusal for what the user must fix
     /// (credentials, a missing bucket). Credentials never appear: object_store's messages carry
     /// the URL, never the keys.
-    fn failed(&self, action: &str, key: &str, error: object_store::Error) -> Error {
+    /// A failure of the deadlines says what was asked, how often, and what arrived.
+    fn failed(&self, action: &str, key: &str, failure: Failed) -> Error {
+        let error = match failure {
+            Failure::Store(error) => error,
+            gave_up => return Error::invalid(format!("{action} {key} in {}", self.location), gave_up.to_string()),
+        };
         let text = error.to_string();
         match error {
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
@@ -191,17 +212,22 @@ impl S3Storage {
         let path = self.path(key)?;
         if bytes.len() <= MULTIPART_ABOVE {
             let payload = PutPayload::from(bytes::Bytes::copy_from_slice(bytes));
-            return block_on(self.store.put(&path, payload)).map(drop).map_err(|e| self.failed("put", key, e));
+            let put = || self.store.put(&path, payload.clone());
+            return block_on(self.watch.bounded(bytes.len(), false, put))
+                .map(drop)
+                .map_err(|e| self.failed("put", key, e));
         }
-        block_on(async {
-            let upload = self.store.put_multipart(&path).await?;
+        // Once: a repeated upload would leave the first one's parts behind.
+        let (store, path) = (&self.store, &path);
+        block_on(self.watch.bounded(bytes.len(), true, move || async move {
+            let upload = store.put_multipart(path).await?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
             for chunk in bytes.chunks(PART) {
                 writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
                 writer.write(chunk);
             }
             writer.finish().await
-        })
+        }))
         .map(drop)
         .map_err(|e| self.failed("put", key, e))
     }
@@ -209,7 +235,7 @@ impl S3Storage {
     /// Every object under `prefix`, candidates included.
     fn list_raw(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>> {
         let path = self.path(prefix)?;
-        block_on(self.store.list(Some(&path)).try_collect()).map_err(|e| self.failed("list", prefix, e))
+        block_on(self.watch.collect(|| self.store.list(Some(&path)))).map_err(|e| self.failed("list", prefix, e))
     }
 
     /// Exclusive create without conditional writes (see the module's documentation).
@@ -245,6 +271,19 @@ impl S3Storage {
     }
 }
 
+/// A "not found" of the object, not of the bucket.
+fn absent(failure: &Failed) -> bool {
+    matches!(failure, Failure::Store(object_store::Error::NotFound { source, .. }) if !source.to_string().contains("NoSuchBucket"))
+}
+
+/// A conditional create's "it exists".
+fn taken(failure: &Failed) -> bool {
+    matches!(
+        failure,
+        Failure::Store(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })
+    )
+}
+
 impl Storage for S3Storage {
     fn location(&self) -> String {
         self.location.clone()
@@ -260,25 +299,23 @@ impl Storage for S3Storage {
         }
         let path = self.path(key)?;
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(bytes));
-        match block_on(self.store.put_opts(&path, payload, PutMode::Create.into())) {
+        let create = || self.store.put_opts(&path, payload.clone(), PutMode::Create.into());
+        match block_on(self.watch.bounded(bytes.len(), false, create)) {
             Ok(_) => Ok(true),
             // A retried create whose first attempt landed also ends here: the caller compares.
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) if taken(&e) => Ok(false),
             Err(e) => Err(self.failed("create", key, e)),
         }
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(key)?;
-        let result = block_on(async { self.store.get(&path).await?.bytes().await });
-        match result {
+        match block_on(self.watch.get(&self.store, &path, None)) {
             Ok(bytes) => {
                 self.fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(Some(bytes.to_vec()))
             }
-            Err(object_store::Error::NotFound { source, .. }) if !source.to_string().contains("NoSuchBucket") => {
-                Ok(None)
-            }
+            Err(e) if absent(&e) => Ok(None),
             Err(e) => Err(self.failed("get", key, e)),
         }
     }
@@ -290,7 +327,9 @@ impl Storage for S3Storage {
     fn get_ranges(&self, key: &str, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
         let path = self.path(key)?;
         let wanted: Vec<std::ops::Range<u64>> = ranges.iter().map(|(o, l)| *o..o + l).collect();
-        let got = block_on(self.store.get_ranges(&path, &wanted)).map_err(|e| self.failed("get", key, e))?;
+        let got = block_on(self.watch.get_ranges(&self.store, &path, &wanted)).map_err(|(range, e)| {
+            self.failed("get", &format!("{key} (bytes {}-{})", range.start, range.end.saturating_sub(1)), e)
+        })?;
         let mut out = Vec::with_capacity(got.len());
         for (bytes, (offset, len)) in got.into_iter().zip(ranges) {
             if bytes.len() as u64 != *len {
@@ -324,44 +363,40 @@ impl Storage for S3Storage {
 
     fn stat(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let path = self.path(key)?;
-        match block_on(self.store.head(&path)) {
+        match block_on(self.watch.bounded(0, false, || self.store.head(&path))) {
             Ok(meta) => {
                 Ok(Some(ObjectMeta { key: key.to_string(), size: meta.size, modified: meta.last_modified.into() }))
             }
-            Err(object_store::Error::NotFound { source, .. }) if !source.to_string().contains("NoSuchBucket") => {
-                Ok(None)
-            }
+            Err(e) if absent(&e) => Ok(None),
             Err(e) => Err(self.failed("stat", key, e)),
         }
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
-        match block_on(self.store.delete(&path)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        match block_on(self.watch.bounded(0, false, || self.store.delete(&path))) {
+            Ok(()) | Err(Failure::Store(object_store::Error::NotFound { .. })) => Ok(()),
             Err(e) => Err(self.failed("delete", key, e)),
         }
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let path = self.path(prefix)?;
-        block_on(async {
+        // Each result within the stall timeout; a stalled run starts again from its listing.
+        let delete = || {
             let locations = self.store.list(Some(&path)).map_ok(|meta| meta.location).boxed();
-            let results: Vec<object_store::Result<ObjectPath>> = self.store.delete_stream(locations).collect().await;
-            results.into_iter().try_for_each(|r| match r {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(e),
-            })
-        })
-        .map_err(|e| self.failed("delete", prefix, e))
+            let results = self.store.delete_stream(locations);
+            results.filter(|r| std::future::ready(!matches!(r, Err(object_store::Error::NotFound { .. })))).boxed()
+        };
+        block_on(self.watch.collect(delete)).map(drop).map_err(|e| self.failed("delete", prefix, e))
     }
 
     fn exists(&self) -> Result<bool> {
         // A listing (unlike a HEAD) says in its body whether the bucket is missing.
         let path = self.path("")?;
-        match block_on(self.store.list_with_delimiter(Some(&path))) {
+        match block_on(self.watch.bounded(0, false, || self.store.list_with_delimiter(Some(&path)))) {
             Ok(_) => Ok(true),
-            Err(e) if e.to_string().contains("NoSuchBucket") => Ok(false),
+            Err(Failure::Store(e)) if e.to_string().contains("NoSuchBucket") => Ok(false),
             Err(e) => Err(self.failed("list", "", e)),
         }
     }
