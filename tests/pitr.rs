@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::heartbeat::*;
@@ -246,8 +247,63 @@ fn pushes_from_another_cluster_are_refused_and_concurrent_pushes_agree() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// The names of the variables in the environment of the postmaster of `data` (the first line of
+/// its postmaster.pid).
+fn postmaster_environment(data: &Path) -> Vec<String> {
+    let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+    let pid = pid_file.lines().next().unwrap().trim();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).split('=').next().unwrap().to_string())
+        .collect()
+}
+
+/// Panics when the server of `data` has a PGFORK_* or AWS_* variable in its environment.
+fn assert_no_secrets_in_environment(data: &Path) {
+    let names = postmaster_environment(data);
+    let leaked: Vec<&String> = names.iter().filter(|n| n.starts_with("PGFORK_") || n.starts_with("AWS_")).collect();
+    assert!(leaked.is_empty(), "the server pgfork started on {} has {leaked:?} in its environment", data.display());
+}
+
+/// Files under `dir` (not below it) whose name mentions secrets.
+fn secrets_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("secrets"))
+        .collect()
+}
+
+/// `repo`'s pgfork command with S3 keys in its environment too (unused by this repository: a
+/// server must get them no more than the passphrase).
+fn with_aws_keys(mut command: std::process::Command) -> std::process::Command {
+    command.env("AWS_ACCESS_KEY_ID", "AKIAPGFORKTESTFAKE").env("AWS_SECRET_ACCESS_KEY", "pgfork/test/fake/secret");
+    command
+}
+
+/// A child process interrupted (SIGINT) and waited for on drop, so a failed assertion does not leave
+/// a kept verify running.
+struct Interrupted(std::process::Child);
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// PITR onto a fork while the source writes, then verify --keep to the same target, with the
+/// repository's passphrase only in pgfork's environment: the servers pgfork starts get neither it
+/// nor the S3 keys in theirs, and archive-get finds it in a private file that is gone once pgfork
+/// is done.
 fn pitr_onto_a_fork_while_the_source_writes(version: &PgVersion) {
-    let (cluster, repo) = archiving_cluster(version);
+    let (cluster, mut repo) = archiving_cluster(version);
+    repo.secrets_from_env_only();
     let beats = heartbeats(&cluster, 30, None);
     archive_now(&repo);
     let target = beats[15].clone();
@@ -264,21 +320,23 @@ fn pitr_onto_a_fork_while_the_source_writes(version: &PgVersion) {
     let dir = PgDir::new(None, "pitrfork-");
     let dst = dir.path().join("data1");
     let port = free_port();
-    let out = repo.ok(&[
+    let port_text = port.to_string();
+    let args = [
         "pitr",
         "--fork",
         "1",
         "-D",
         dst.to_str().unwrap(),
         "-P",
-        &port.to_string(),
+        &port_text,
         "--type",
         "time",
         "--target",
         &target.ts,
         "--start",
         "--json",
-    ]);
+    ];
+    let out = succeeded(&args, with_aws_keys(repo.command(&args)).output().unwrap());
     writer.join().unwrap();
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["reached"]["state"], "paused", "{report}");
@@ -291,10 +349,66 @@ fn pitr_onto_a_fork_while_the_source_writes(version: &PgVersion) {
     assert!(last <= target.epoch && target.epoch - last < 1.0, "fork landed at {last}, target {}", target.epoch);
     assert_eq!(fork.psql("postgres", "SHOW port"), port.to_string());
     assert_eq!(fork.psql("postgres", "SHOW archive_mode"), "off");
+    // Recovery went past the set through archive-get, which read the passphrase from a file named
+    // in restore_command: not from the server's environment, which holds no secret; the file is
+    // gone now that pitr is done.
+    assert_no_secrets_in_environment(&dst);
+    let restore_command = fork.psql("postgres", "SHOW restore_command");
+    assert!(restore_command.contains("--secrets"), "{restore_command}");
+    assert_eq!(secrets_files(dir.path()), Vec::<PathBuf>::new(), "pitr left its secrets file");
+    let log = std::fs::read_to_string(dst.join("log/pgfork-start.log")).unwrap();
+    assert!(!log.contains("external PID file"), "{log}");
     // The source went on writing and archiving, untouched.
     assert!(cluster.psql("postgres", "SELECT count(*) FROM heartbeat").parse::<usize>().unwrap() >= 70);
     assert_eq!(cluster.psql("postgres", "SELECT pg_is_in_recovery()"), "f");
     archive_now(&repo);
+
+    // verify --keep to the same target: the kept server has no secret in its environment either;
+    // the secrets file (its owner's alone) lives in the work directory until the teardown.
+    let work = dir.path().join("verify");
+    let (out_log, err_log) = (dir.path().join("verify.out"), dir.path().join("verify.err"));
+    let args = ["verify", "--type", "time", "--target", &target.ts, "--keep", "--work", work.to_str().unwrap()];
+    let mut verify = Interrupted(
+        with_aws_keys(repo.command(&args))
+            .args(["--output", "json"])
+            .stdout(std::fs::File::create(&out_log).unwrap())
+            .stderr(std::fs::File::create(&err_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&err_log).unwrap().contains("kept running") {
+        assert!(
+            verify.0.try_wait().unwrap().is_none(),
+            "verify --keep exited: {}",
+            std::fs::read_to_string(&err_log).unwrap()
+        );
+        assert!(Instant::now() < deadline, "verify --keep never reported its server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kept = work.join("data");
+    assert_no_secrets_in_environment(&kept);
+    let secrets = secrets_files(&work);
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&secrets[0]).unwrap();
+        let postgres = nix::unistd::User::from_name(PG_USER).unwrap().unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, postgres.uid.as_raw()), "{}", secrets[0].display());
+    }
+    let pid_file = std::fs::read_to_string(kept.join("postmaster.pid")).unwrap();
+    let kept_port: u16 = pid_file.lines().nth(3).unwrap().trim().parse().unwrap();
+    let kept_psql = |sql: &str| psql(version, &work.join("run"), kept_port, "postgres", sql);
+    assert!(kept_psql("SHOW restore_command").contains("--secrets"));
+    // It boots with syncfs, set by verify for its own server (a mounted set shows what restore writes).
+    assert_eq!(kept_psql("SHOW recovery_init_sync_method"), "syncfs");
+    let log = std::fs::read_to_string(work.join("postgres.log")).unwrap();
+    assert!(!log.contains("external PID file"), "{log}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(verify.0.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = verify.0.wait().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_log).unwrap()).unwrap();
+    assert!(status.success() && report["proven"] == true, "{status}: {report}");
+    assert!(!work.exists(), "the work directory (and the secrets file in it) outlived verify");
 }
 on_each_version!(pitr_fork_15, pitr_fork_18, pitr_onto_a_fork_while_the_source_writes);
 

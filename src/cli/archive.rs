@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::cli::repo_args::RepoArgs;
 use crate::cli::{EXIT_ABORT_RECOVERY, Exit};
+use crate::config::secrets::{self, Secrets};
 use crate::ops::archive::{Fetched, archive_get, archive_push, prefetch};
 use crate::ops::archive_async::{Mode, push_queue, queue};
 
@@ -72,6 +73,10 @@ pub struct GetArgs {
     /// Internal: the prefetcher's spool directory.
     #[arg(long, hide = true)]
     pub spool: Option<PathBuf>,
+    /// Internal: read the passphrase and S3 keys from this file (mode 0600, the caller's own)
+    /// where they would be read from the environment; pgfork writes it for a server it starts.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
     /// Configuration and stanza.
     #[command(flatten)]
     pub repo: RepoArgs,
@@ -84,6 +89,9 @@ impl GetArgs {
     /// rather than end it early and promote without the rest of the WAL.
     pub fn run(self) -> anyhow::Result<()> {
         let abort = |error: anyhow::Error| Exit { code: EXIT_ABORT_RECOVERY, error };
+        if let Some(file) = &self.secrets {
+            take_secrets(file).map_err(|e| abort(e.into()))?;
+        }
         if let (Some(after), Some(spool)) = (&self.prefetch_after, &self.spool) {
             return Ok(prefetch(&self.repo.resolve()?, after, spool)?);
         }
@@ -97,4 +105,19 @@ impl GetArgs {
         anyhow::ensure!(fetched == Fetched::Found, "{name} is not in the archive");
         Ok(())
     }
+}
+
+/// Makes the secrets in `file` what this process finds where it would look in its environment.
+/// A file that is gone — removed when the pgfork operation that started this server ended — leaves
+/// the configuration's files and the environment, with a warning in the server's log.
+fn take_secrets(file: &std::path::Path) -> crate::error::Result<()> {
+    match Secrets::read(file)? {
+        Some(secrets) => secrets::hand(file, secrets),
+        None => tracing::warn!(
+            "{} is gone (pgfork removes it when the operation that started this server ends): \
+             the passphrase and S3 keys come from the configuration's files or the environment",
+            file.display()
+        ),
+    }
+    Ok(())
 }

@@ -25,6 +25,7 @@
 
 mod repo;
 mod schedule;
+pub mod secrets;
 
 pub use repo::{CipherKind, PASSPHRASE_ENV, RepoConfig, RepoKind, RetentionType, S3Credentials, UriStyle};
 pub use schedule::ScheduleConfig;
@@ -138,6 +139,9 @@ pub struct Resolved {
     pub repo: RepoConfig,
     /// Every repository of the stanza, in order (the chosen one among them).
     pub repos: Vec<(String, RepoConfig)>,
+    /// The file from which archive-get, run by a server pgfork starts, reads the secrets pgfork
+    /// has only in its environment (`--secrets` in the restore_command pgfork writes).
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Resolved {
@@ -252,7 +256,7 @@ impl Config {
         let Some((repo_name, repo)) = repos.first().cloned() else {
             return Err(Error::refused(format!("stanza {name} has no repository"), None));
         };
-        Ok(Resolved { config_path: self.source.clone(), name, stanza, repo_name, repo, repos })
+        Ok(Resolved { config_path: self.source.clone(), name, stanza, repo_name, repo, repos, secrets_file: None })
     }
 
     fn stanza_hint(&self) -> String {

@@ -1,6 +1,7 @@
 //! A repository's configuration: where it is (a directory, an S3-compatible bucket), how long sets
 //! are kept, how objects are encoded, and where the passphrase and the bucket's credentials come
-//! from. Secrets are read from files of mode 0600 or the environment, never from arguments.
+//! from. Secrets are read from files of mode 0600 or the environment (for archive-get run by a
+//! server pgfork starts, from a file standing in for it: see `secrets`), never from arguments.
 //!
 //! ```toml
 //! [repo.offsite]
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::secrets;
 use crate::error::{Error, IoContext, Result};
 use crate::repo::codec::Compression;
 use crate::repo::crypto::Passphrase;
@@ -256,13 +258,14 @@ impl RepoConfig {
     }
 
     /// The passphrase for an encrypted repository: from `passphrase_file` (which must not be
-    /// readable by group or others) or `PGFORK_PASSPHRASE`; `None` for an unencrypted one.
+    /// readable by group or others) or `PGFORK_PASSPHRASE` (see [`secrets::var`]); `None` for an
+    /// unencrypted one.
     pub fn passphrase(&self) -> Result<Option<Passphrase>> {
         if self.kind == RepoKind::Pgbackrest {
             // pgBackRest's repo1-cipher-pass: the repository says whether it needs one.
-            return match (&self.passphrase_file, std::env::var(PASSPHRASE_ENV)) {
+            return match (&self.passphrase_file, secrets::var(PASSPHRASE_ENV)) {
                 (Some(file), _) => Ok(Some(Passphrase::new(read_private(file)?.trim_end_matches(['\n', '\r'])))),
-                (None, Ok(text)) if !text.is_empty() => Ok(Some(Passphrase::new(text))),
+                (None, Some(text)) => Ok(Some(Passphrase::new(text))),
                 _ => Ok(None),
             };
         }
@@ -273,9 +276,9 @@ impl RepoConfig {
             let text = read_private(file)?;
             return Ok(Some(Passphrase::new(text.trim_end_matches(['\n', '\r']))));
         }
-        match std::env::var(PASSPHRASE_ENV) {
-            Ok(text) if !text.is_empty() => Ok(Some(Passphrase::new(text))),
-            _ => Err(Error::refused(
+        match secrets::var(PASSPHRASE_ENV) {
+            Some(text) => Ok(Some(Passphrase::new(text))),
+            None => Err(Error::refused(
                 "the repository is encrypted and no passphrase is set",
                 Some(format!("set {PASSPHRASE_ENV} or passphrase_file in the repository's configuration")),
             )),
@@ -283,7 +286,7 @@ impl RepoConfig {
     }
 
     /// The bucket's credentials: from `credentials_file`, else `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (see [`secrets::var`]).
     pub fn s3_credentials(&self) -> Result<S3Credentials> {
         if let Some(file) = &self.credentials_file {
             let text = read_private(file)?;
@@ -298,7 +301,7 @@ impl RepoConfig {
                 )),
             };
         }
-        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let env = secrets::var;
         match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             (Some(access_key_id), Some(secret_access_key)) => {
                 Ok(S3Credentials { access_key_id, secret_access_key, session_token: env("AWS_SESSION_TOKEN") })

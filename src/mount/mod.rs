@@ -110,9 +110,6 @@ pub fn prepare(scope: &Scope, owner: Option<Owner>, cache_bytes: usize) -> Resul
             let lease = repo.lease(&request.command, manifest.sets_needed())?;
             let manifest = Arc::new(manifest);
             let mut view = DataDirView::new(&reader, 0, Arc::clone(&manifest), plan.as_ref())?;
-            // A server booted on the mount must not open every file at startup to sync it (an
-            // overlay would copy each one up whole, the writable mount would look each one up).
-            view.settings.push(("recovery_init_sync_method".into(), "syncfs".into()));
             view.settings.extend(request.extra_settings.iter().cloned());
             let auto_conf = view::auto_conf(&reader, &view)?;
             let mut tree = Tree::new(Node::dir(ROOT, 0o700, manifest.stop_time.into(), Fill::Done));

@@ -270,6 +270,9 @@ fn start_prefetcher(resolved: &Resolved, name: &str, spool: &Path) {
     if let Some(config) = &resolved.config_path {
         cmd.arg("--config").arg(config);
     }
+    if let Some(secrets) = crate::config::secrets::handed_file() {
+        cmd.arg("--secrets").arg(secrets);
+    }
     // Detached: PostgreSQL waits for this process only, not for the prefetcher.
     let _ = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
 }

@@ -1,6 +1,7 @@
 //! Finding the PostgreSQL server binaries (`postgres`, `pg_ctl`) of a given major version, and
-//! running them.
+//! running them in an environment without pgfork's secrets.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,7 +53,8 @@ impl PgBin {
     /// Uses `dir`, checking that its `postgres` is version `major`.
     pub fn at(dir: &Path, major: u32) -> Result<PgBin> {
         let postgres = dir.join("postgres");
-        let output = Command::new(&postgres).arg("--version").output().map_err(|e| Error::io("run", &postgres, e))?;
+        let output =
+            clean(Command::new(&postgres)).arg("--version").output().map_err(|e| Error::io("run", &postgres, e))?;
         let text = String::from_utf8_lossy(&output.stdout);
         let found = parse_version_major(&text)
             .ok_or_else(|| Error::invalid(format!("{} --version", postgres.display()), text.trim().to_string()))?;
@@ -70,9 +72,11 @@ impl PgBin {
         self.major
     }
 
-    /// A `Command` for the program `name` in this directory.
+    /// A `Command` for the program `name` in this directory, with the environment of
+    /// [`server_environment`]: every server pgfork starts goes through here (`pg_ctl start` hands
+    /// its environment to postgres), and so do the clients it runs as the server's owner.
     pub fn command(&self, name: &str) -> Command {
-        Command::new(self.dir.join(name))
+        clean(Command::new(self.dir.join(name)))
     }
 
     /// Runs `postgres -D data_dir -C name` to read a setting from a stopped cluster's configuration.
@@ -142,6 +146,45 @@ impl PgBin {
     }
 }
 
+/// `command` with only the variables of [`server_environment`].
+fn clean(mut command: Command) -> Command {
+    command.env_clear().envs(server_environment());
+    command
+}
+
+/// The environment of the programs pgfork runs from a PostgreSQL binary directory, above all the
+/// servers it starts: a server hands its environment to every process it starts — restore_command,
+/// archive_command, `COPY … FROM PROGRAM`, extensions — and any superuser can read it. So never
+/// pgfork's secrets (`PGFORK_PASSPHRASE`, `AWS_*`; archive-get gets those through
+/// `--secrets FILE`, see `config::secrets`) nor anything else of pgfork's (`PGFORK_*`, `PG*`
+/// defaults such as PGPORT, which would change settings the server's files do not set): only
+///
+/// - `PATH`: restore_command, archive_command and `COPY … FROM PROGRAM` run through the shell;
+/// - `LANG`, `LANGUAGE`, `LC_*`: the locale of the server's messages before its configuration is
+///   read, and of the programs it runs;
+/// - `TZ`, `PGTZ`: the time zone of those programs and of the libpq clients it runs (dblink,
+///   postgres_fdw);
+/// - `LD_LIBRARY_PATH`: where a server built into its own prefix finds its libraries;
+/// - `SSL_CERT_FILE`, `SSL_CERT_DIR`: the certificate authorities archive-get trusts when it
+///   fetches from an S3 endpoint;
+/// - the proxy variables (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, either case)
+///   archive-get reaches an S3 endpoint through — unless the URL carries credentials (`user:pass@`).
+pub fn server_environment() -> Vec<(OsString, OsString)> {
+    std::env::vars_os().filter(|(name, value)| server_may_have(name, value)).collect()
+}
+
+fn server_may_have(name: &OsStr, value: &OsStr) -> bool {
+    let Some(name) = name.to_str() else { return false };
+    match name {
+        "PATH" | "LANG" | "LANGUAGE" | "TZ" | "PGTZ" | "LD_LIBRARY_PATH" | "SSL_CERT_FILE" | "SSL_CERT_DIR" => true,
+        _ if name.starts_with("LC_") => true,
+        _ if ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"].contains(&name.to_ascii_uppercase().as_str()) => {
+            !value.to_string_lossy().contains('@')
+        }
+        _ => false,
+    }
+}
+
 /// The error for a `pg_ctl start` that failed, with the end of the server log.
 pub fn check_started(data_dir: &Path, log_file: &Path, output: &std::process::Output) -> Result<()> {
     if output.status.success() {
@@ -177,6 +220,30 @@ fn bindir_from_postmaster_opts(data_dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_get_no_secret_of_pgforks() {
+        let may = |name: &str, value: &str| server_may_have(OsStr::new(name), OsStr::new(value));
+        for kept in ["PATH", "LANG", "LC_ALL", "LC_MESSAGES", "TZ", "PGTZ", "SSL_CERT_FILE", "LD_LIBRARY_PATH"] {
+            assert!(may(kept, "x"), "{kept}");
+        }
+        for dropped in [
+            "PGFORK_PASSPHRASE",
+            "PGFORK_EXPORT_PASSPHRASE",
+            "PGFORK_CONFIG",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "PGPASSWORD",
+            "PGPORT",
+            "HOME",
+            "TERM",
+        ] {
+            assert!(!may(dropped, "x"), "{dropped}");
+        }
+        assert!(may("https_proxy", "http://proxy:3128") && may("NO_PROXY", "localhost"));
+        assert!(!may("HTTPS_PROXY", "http://user:password@proxy:3128"), "a proxy URL with credentials is a secret");
+    }
 
     #[test]
     fn parses_server_version_lines() {

@@ -294,12 +294,14 @@ pub fn restored_settings(label: &SetLabel, plan: Option<&RecoveryPlan>) -> (Stri
 
 /// The restore_command that fetches from this configuration's stanza: from the repository the
 /// restore reads when the stanza has several (every one holds the same WAL, and one that cannot be
-/// reached must not stop recovery from another).
+/// reached must not stop recovery from another), reading the secrets from the configuration's
+/// secrets file when it names one (a server pgfork starts has none in its environment).
 pub fn restore_command(resolved: &crate::config::Resolved) -> String {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgfork".into());
     let config = resolved.config_path.as_ref().map(|c| format!(" --config \"{}\"", c.display())).unwrap_or_default();
     let repo = if resolved.repos.len() > 1 { format!(" --repo \"{}\"", resolved.repo_name) } else { String::new() };
-    format!("\"{exe}\" archive-get %f \"%p\" --stanza \"{}\"{config}{repo}", resolved.name)
+    let secrets = resolved.secrets_file.as_ref().map(|f| format!(" --secrets \"{}\"", f.display())).unwrap_or_default();
+    format!("\"{exe}\" archive-get %f \"%p\" --stanza \"{}\"{config}{repo}{secrets}", resolved.name)
 }
 
 #[cfg(test)]

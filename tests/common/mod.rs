@@ -470,6 +470,19 @@ impl RepoSetup {
         RepoSetup { dir, config, passphrase: passphrase.map(str::to_string) }
     }
 
+    /// From now on, commands read a copy of the configuration without `passphrase_file` and
+    /// `credentials_file`: the passphrase reaches pgfork only through `PGFORK_PASSPHRASE` in its
+    /// environment (S3 keys through `AWS_*`, which the caller sets). A cluster's archive_command
+    /// keeps the configuration it was given.
+    pub fn secrets_from_env_only(&mut self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let secret_file = |l: &str| l.starts_with("passphrase_file") || l.starts_with("credentials_file");
+        let kept: String = text.lines().filter(|l| !secret_file(l)).map(|l| format!("{l}\n")).collect();
+        let config = self.dir.path().join("pgfork-env-only.toml");
+        std::fs::write(&config, kept).unwrap();
+        self.config = config;
+    }
+
     /// Appends `text` to the configuration: lines of the stanza (its table is the last), then any
     /// further tables.
     pub fn append_config(&self, text: &str) {

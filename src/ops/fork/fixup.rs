@@ -18,6 +18,8 @@ pub struct SourceSettings {
     pub hba_file: String,
     /// `ident_file` of the source.
     pub ident_file: String,
+    /// `external_pid_file` of the source (empty: none).
+    pub external_pid_file: String,
 }
 
 impl SourceSettings {
@@ -28,6 +30,7 @@ impl SourceSettings {
             log_directory: show("log_directory")?,
             hba_file: show("hba_file")?,
             ident_file: show("ident_file")?,
+            external_pid_file: show("external_pid_file")?,
         })
     }
 }
@@ -68,7 +71,13 @@ pub fn fork_settings(
     cluster_name: &str,
 ) -> Vec<(&'static str, String)> {
     let mut settings = vec![("port", port.to_string()), ("cluster_name", cluster_name.to_string())];
-    settings.extend(detached_settings());
+    // The source's pid file is not the fork's; but an empty external_pid_file is no way out either
+    // (PostgreSQL tries to write "" and logs that it cannot): a fork of a source that has one gets
+    // its own in its data directory, a fork of one without none.
+    settings.extend(detached_settings().into_iter().filter(|(name, _)| *name != "external_pid_file"));
+    if !source.external_pid_file.is_empty() {
+        settings.push(("external_pid_file", dst_dir.join("postmaster.external.pid").display().to_string()));
+    }
     // Two servers writing logs into one absolute directory outside the source would interleave
     // their files; the fork logs inside its own data directory instead.
     let log_dir = Path::new(&source.log_directory);
@@ -103,6 +112,7 @@ mod tests {
             log_directory: "/pg/log/postgres".into(),
             hba_file: "/pg/data/pg_hba.conf".into(),
             ident_file: "/etc/postgresql/15/main/pg_ident.conf".into(),
+            external_pid_file: String::new(),
         };
         let settings = fork_settings(&source, Path::new("/pg/data"), Path::new("/pg/fork1"), 15432, "x-fork1");
         let get = |name: &str| settings.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
@@ -113,6 +123,11 @@ mod tests {
         assert_eq!(get("log_directory"), Some("log"));
         assert_eq!(get("hba_file"), Some("/pg/fork1/pg_hba.conf"));
         assert_eq!(get("ident_file"), None, "a file outside the source is left as it is");
+        assert_eq!(get("external_pid_file"), None, "no pid file for the fork of a source without one");
+        let with_pid_file = SourceSettings { external_pid_file: "/run/postgresql/x.pid".into(), ..source.clone() };
+        let settings = fork_settings(&with_pid_file, Path::new("/pg/data"), Path::new("/pg/fork1"), 15432, "x-fork1");
+        let pid_file = settings.iter().find(|(n, _)| *n == "external_pid_file").map(|(_, v)| v.as_str());
+        assert_eq!(pid_file, Some("/pg/fork1/postmaster.external.pid"));
         let relative = SourceSettings { log_directory: "log".into(), ..Default::default() };
         assert!(
             !fork_settings(&relative, Path::new("/pg/data"), Path::new("/f"), 1, "n")

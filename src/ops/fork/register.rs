@@ -93,7 +93,7 @@ impl Registration {
         for dir in conf.dirs.iter().rev() {
             let _ = std::fs::remove_dir(fork.join(dir));
         }
-        // The fork's postgresql.auto.conf cleared external_pid_file; a Debian cluster has one.
+        // The fork's postgresql.auto.conf set no external_pid_file of the source's; a Debian cluster has its own.
         set_auto_conf(fork, "pgfork: registered as a Debian cluster", &[("external_pid_file", self.pid_file())])?;
         Ok(())
     }

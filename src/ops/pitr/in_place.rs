@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Resolved;
+use crate::config::secrets::{self, Secrets, SecretsFile};
 use crate::error::{Error, IoContext, Result};
 use crate::ops::identity::become_owner_of;
 use crate::ops::pitr::{Reached, wait_for_target};
@@ -136,7 +137,11 @@ pub struct InPlaceReport {
 pub fn in_place(resolved: &Resolved, what: &InPlace, progress: &dyn Progress) -> Result<InPlaceReport> {
     let data = resolved.stanza.data.clone();
     check_caller(&data)?;
-    let mut run = Run { resolved, progress, steps: Vec::new(), reached: None };
+    // PostgreSQL, started or promoted by pgfork, has a clean environment: its archive-get reads what
+    // pgfork has only in its own from a file beside the data directory, there for those steps only.
+    let secrets = Secrets::from_environment(resolved);
+    let resolved = &secrets::naming_file(resolved, &secrets, secrets::file_beside(&data));
+    let mut run = Run { resolved, progress, steps: Vec::new(), reached: None, secrets };
     match (what, State::load(&data)?) {
         (InPlace::Recover { request, set, replica }, None) => {
             let member = Member::detect(resolved)?.ok_or_else(|| not_patroni(&data))?;
@@ -224,9 +229,16 @@ struct Run<'a> {
     progress: &'a dyn Progress,
     steps: Vec<Step>,
     reached: Option<Reached>,
+    secrets: Secrets,
 }
 
 impl Run<'_> {
+    /// Writes the secrets file the recovery's restore_command names, the data directory owner's;
+    /// removed when the returned handle is dropped.
+    fn hand_secrets(&self, state: &State) -> Result<Option<SecretsFile>> {
+        SecretsFile::write(&secrets::file_beside(&state.data), &self.secrets, Some(owner_of(&state.data)?))
+    }
+
     fn rest(&self, member: &Member) -> Result<Rest> {
         let auth = member.auth.clone().or_else(|| member.config.as_deref().and_then(auth_from_config));
         Rest::new(&member.rest, auth)
@@ -340,6 +352,7 @@ impl Run<'_> {
         self.step(&mut state, FIRST_HALF[4], |run, state| {
             let bins = run.bins(state)?;
             let log = state.data.with_extension("pgfork-pitr.log");
+            let _handed = run.hand_secrets(state)?;
             bins.start(&state.data, &log, 3600)?;
             let at = wait_for_target(&run.target(state)?, &state.data, state.request.action)?;
             let did = format!("PostgreSQL started by hand, {} at {}", at.state, at.lsn);
@@ -361,6 +374,8 @@ impl Run<'_> {
                 return Ok("already promoted".into());
             }
             let bins = run.bins(state)?;
+            // Promotion asks restore_command for the timeline history files after the target's.
+            let _handed = run.hand_secrets(state)?;
             let promote = as_owner(bins.ctl_command("promote", &state.data, &["-t", "120"]), &state.data)?;
             bins.run_ctl(promote, "promote", &state.data)?;
             Ok("promoted: a new timeline starts at the target".into())

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Resolved;
+use crate::config::secrets::{self, Secrets, SecretsFile};
 use crate::error::{Error, Result};
 use crate::ops::fork::ForkOptions;
 use crate::pg::datadir::{DataDir, PostmasterPid};
@@ -91,6 +92,11 @@ pub struct PitrForkReport {
 /// before it, else from a backup set.
 pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Progress) -> Result<PitrForkReport> {
     let started = Instant::now();
+    // A fork pgfork starts has a clean environment: its archive-get reads what pgfork has only in
+    // its own from a file beside the fork, there while pgfork waits for the target.
+    let secrets = if opts.start { Secrets::from_environment(resolved) } else { Secrets::default() };
+    let secrets_file = secrets::file_beside(&opts.fork.dst);
+    let resolved = &secrets::naming_file(resolved, &secrets, secrets_file.clone());
     let (leased, deleted) = snapshot_for(resolved, opts, progress)?;
     let mut report = match &leased {
         Some(leased) => from_snapshot::run(resolved, opts, &leased.found, progress)?,
@@ -113,6 +119,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
         let user = opts.fork.user.clone().unwrap_or_else(|| owner_name(data.path()));
         let bins = crate::pg::bins::PgBin::locate(data.major(), opts.fork.bindir.as_deref(), Some(&opts.fork.src))?;
         let step = Instant::now();
+        let _handed = SecretsFile::write(&secrets_file, &secrets, Some(secrets::owner_of(data.path())?))?;
         crate::ops::fork::start_fork(
             &bins,
             &report.dst,
@@ -127,7 +134,16 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
             user,
             dbname: "postgres".into(),
         };
-        report.reached = Some(wait_for_target(&target, &report.dst, opts.recovery.action)?);
+        let reached = wait_for_target(&target, &report.dst, opts.recovery.action)?;
+        if reached.state == "paused" && !secrets.is_empty() {
+            progress.note(&format!(
+                "the fork's archive-get read the secrets pgfork has only in its environment from {}, removed \
+                 as pitr ends: before promoting or restarting the paused fork (either may fetch from the \
+                 archive), give the repository a passphrase_file (or credentials_file) the fork's user can read",
+                secrets_file.display()
+            ));
+        }
+        report.reached = Some(reached);
         report.timings.push(("start_and_replay", crate::util::ms_since(step)));
     }
     report.duration_ms = crate::util::ms_since(started);

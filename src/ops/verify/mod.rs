@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::config::Resolved;
+use crate::config::secrets::{self, Secrets, SecretsFile};
 use crate::error::{Error, IoContext, Result};
 use crate::mount::content::ReadFailure;
 use crate::mount::fs::Owner;
@@ -157,6 +158,10 @@ pub fn verify(
     let mut stage = Stage::create(&work, owner)?;
     let port = free_port()?;
     let mut laps = Laps::start();
+    // The server starts with a clean environment: its archive-get reads what verify has only in
+    // its own from a file in the work directory.
+    let secrets = Secrets::from_environment(resolved);
+    let resolved = &secrets::naming_file(resolved, &secrets, stage.secrets_file());
 
     let scope = Scope::DataDir(Box::new(DataDirRequest {
         resolved: resolved.clone(),
@@ -189,6 +194,7 @@ pub fn verify(
         target: ConnTarget::socket(&stage.socket_dir(), port, &user, "postgres"),
         owner,
     });
+    stage.hold_secrets(SecretsFile::write(&stage.secrets_file(), &secrets, Some((owner.uid, owner.gid)))?);
     let server = stage.server.as_ref().expect("just set");
 
     let mut checks = Vec::new();
@@ -292,7 +298,8 @@ fn set_bytes(stanza: &crate::stanza::Stanza, manifest: &crate::repo::manifest::M
 }
 
 /// Settings that make the mounted set boot here as a private, throwaway server: its own port and
-/// socket, trust only on that socket, no archiving, no replication, small memory.
+/// socket, trust only on that socket, no archiving, no replication, small memory. They go into
+/// verify's own mount of the set (`pgfork mount` shows what restore writes).
 fn boot_settings(stage: &Stage, port: u16) -> Vec<(String, String)> {
     [
         ("port", port.to_string()),
@@ -301,7 +308,12 @@ fn boot_settings(stage: &Stage, port: u16) -> Vec<(String, String)> {
         ("hba_file", stage.hba_file().display().to_string()),
         ("cluster_name", "pgfork-verify".to_string()),
         ("logging_collector", "off".to_string()),
-        ("external_pid_file", String::new()),
+        // Never the pid file of the cluster the set came from (its postgresql.conf may name one);
+        // an empty value is no way out: PostgreSQL tries to write "" and logs that it cannot.
+        ("external_pid_file", stage.socket_dir().join("postmaster.external.pid").display().to_string()),
+        // Not open every file at startup to sync it: the overlay would copy each one up whole,
+        // the writable mount would look each one up.
+        ("recovery_init_sync_method", "syncfs".to_string()),
         ("shared_buffers", "128MB".to_string()),
         ("huge_pages", "off".to_string()),
         ("ssl", "off".to_string()),

@@ -1,9 +1,9 @@
 //! The scratch stage of a verification: a work directory holding the data directory (the
 //! writable FUSE mount, with its scratch directory on local disk; or, with `--overlay`, a kernel
 //! overlay whose upper and work directories are on local disk above a read-only FUSE mount), the
-//! server's socket directory, pg_hba.conf and log. Whatever was set up is torn down in reverse order —
-//! server, overlay, mount, directory — when the stage is dropped, also after an error or an
-//! interruption.
+//! server's socket directory, pg_hba.conf, log and secrets file. Whatever was set up is torn down
+//! in reverse order — server, secrets file, overlay, mount, directory — when the stage is dropped,
+//! also after an error or an interruption.
 
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use nix::mount::{MsFlags, mount};
 
+use crate::config::secrets::SecretsFile;
 use crate::error::{Error, IoContext, Result};
 use crate::mount::fs::Owner;
 use crate::mount::session::{Mounted, unmount_path};
@@ -27,6 +28,7 @@ pub struct Stage {
     overlay: bool,
     mounted: Option<Mounted>,
     lease: Option<Box<dyn Held>>,
+    secrets: Option<SecretsFile>,
     keep_dir: bool,
 }
 
@@ -50,6 +52,7 @@ impl Stage {
             overlay: false,
             mounted: None,
             lease: None,
+            secrets: None,
             keep_dir: false,
         };
         let give = |path: &Path| chown(path, Some(owner.uid), Some(owner.gid)).at("chown", path);
@@ -107,6 +110,16 @@ impl Stage {
         self.root.join("postgres.log")
     }
 
+    /// Where the server's archive-get reads the secrets verify has only in its environment.
+    pub fn secrets_file(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+
+    /// Keeps the secrets file until the teardown, which removes it whatever else fails.
+    pub fn hold_secrets(&mut self, secrets: Option<SecretsFile>) {
+        self.secrets = secrets;
+    }
+
     /// Keeps the FUSE mount so it is unmounted with the stage.
     pub fn hold_mount(&mut self, mounted: Mounted) {
         self.mounted = Some(mounted);
@@ -157,6 +170,12 @@ impl Stage {
             && let Err(e) = server.stop()
         {
             problems.push(format!("stop the server: {e}"));
+        }
+        // Removed even when the work directory has to stay (something may still be mounted in it).
+        if let Some(secrets) = self.secrets.take()
+            && let Err(e) = secrets.remove()
+        {
+            problems.push(e.to_string());
         }
         if self.overlay {
             let data = self.data();
@@ -223,6 +242,7 @@ pub fn remove_stale(stanza: &str) -> Vec<PathBuf> {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
+        let _ = std::fs::remove_file(root.join("secrets"));
         for mountpoint in [root.join("data"), root.join("lower")] {
             if crate::mount::session::mount_type(&mountpoint).is_some() {
                 let _ = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH);
