@@ -403,28 +403,7 @@ mod tests {
 
     fn found(id: &str, hours_ago: i64) -> Found {
         let at = Utc::now() - chrono::Duration::hours(hours_ago);
-        Found {
-            dir: PathBuf::from(id),
-            point: SnapshotPoint {
-                format: 2,
-                id: id.into(),
-                stanza: "main".into(),
-                system_identifier: 1,
-                pg_version: 18,
-                timeline: 1,
-                start_lsn: Lsn(0),
-                stop_lsn: Lsn(0),
-                start_wal: String::new(),
-                stop_wal: String::new(),
-                start_time: at,
-                stop_time: at,
-                segment_size: 16 << 20,
-                wal: Vec::new(),
-                tablespaces: Vec::new(),
-                source: PathBuf::new(),
-                backup: None,
-            },
-        }
+        Found { dir: PathBuf::from(id), point: SnapshotPoint::sample(id, at) }
     }
 
     #[test]

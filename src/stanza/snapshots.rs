@@ -80,6 +80,30 @@ pub struct SnapshotPoint {
 }
 
 impl SnapshotPoint {
+    /// A point of stanza `main` (system 7, PostgreSQL 18) with id `id` stopped at `at`, for tests.
+    #[cfg(test)]
+    pub(crate) fn sample(id: &str, at: DateTime<Utc>) -> SnapshotPoint {
+        SnapshotPoint {
+            format: u32::from(FORMAT),
+            id: id.into(),
+            stanza: "main".into(),
+            system_identifier: 7,
+            pg_version: 18,
+            timeline: 1,
+            start_lsn: Lsn(0),
+            stop_lsn: Lsn(0),
+            start_wal: String::new(),
+            stop_wal: String::new(),
+            start_time: at,
+            stop_time: at,
+            segment_size: 16 << 20,
+            wal: Vec::new(),
+            tablespaces: Vec::new(),
+            source: PathBuf::new(),
+            backup: None,
+        }
+    }
+
     /// The id of a snapshot point taken at `at`.
     pub fn id_at(at: DateTime<Utc>) -> String {
         at.format("%Y%m%d-%H%M%S").to_string()
@@ -321,26 +345,7 @@ mod tests {
 
     /// A point with a record (and no clone) in `dir`.
     fn point(dir: &Path, id: &str) -> Found {
-        let at = chrono::DateTime::UNIX_EPOCH;
-        let point = SnapshotPoint {
-            format: u32::from(FORMAT),
-            id: id.into(),
-            stanza: "main".into(),
-            system_identifier: 7,
-            pg_version: 18,
-            timeline: 1,
-            start_lsn: Lsn(0),
-            stop_lsn: Lsn(0),
-            start_wal: String::new(),
-            stop_wal: String::new(),
-            start_time: at,
-            stop_time: at,
-            segment_size: 16 << 20,
-            wal: Vec::new(),
-            tablespaces: Vec::new(),
-            source: PathBuf::new(),
-            backup: None,
-        };
+        let point = SnapshotPoint::sample(id, chrono::DateTime::UNIX_EPOCH);
         let point_dir = dir.join(id);
         std::fs::create_dir_all(point_dir.join("data")).unwrap();
         point.save(&point_dir).unwrap();
