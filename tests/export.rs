@@ -235,6 +235,11 @@ fn export_live_in(version: &PgVersion, base: Option<&Path>, open: &str, ext: &st
     assert_ne!(sums.split(',').next(), Some("0"), "pgbench wrote before the export");
     assert_eq!(copy.psql("postgres", "SELECT count(*) FROM far"), "5000");
     assert_eq!(copy.psql("postgres", "SHOW archive_mode"), "off");
+    // Its external pid file is its own, inside its data directory; an empty one made the server
+    // log that it could not write "".
+    assert!(data.join("postmaster.external.pid").is_file(), "the copy has no external pid file of its own");
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(!log.contains("external PID file"), "{log}");
     copy.psql("postgres", "INSERT INTO far SELECT 1; CHECKPOINT");
     assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM far"), "5000", "the copy wrote into the cluster");
     copy.amcheck();

@@ -24,10 +24,19 @@ pub const EXCLUDED_FILES: &[&str] = &[
     // Patroni's cache of its cluster's dynamic configuration ("pause": true among it): a copy
     // started under another Patroni must take that cluster's, not this one's.
     "patroni.dynamic.json",
+    // The external pid file a copy is given inside its own data directory: the running server's.
+    COPY_EXTERNAL_PID_FILE,
     // The manifest of the export a data directory was unpacked from with tar: it describes that
     // export, not this cluster (and an export of it writes its own).
-    crate::ops::export::manifest::MANIFEST_NAME,
+    EXPORT_MANIFEST,
 ];
+
+/// The `external_pid_file` of a copy of a cluster that has one (a fork, an export): relative, so
+/// inside the copy's data directory wherever it goes, and never the original's.
+pub const COPY_EXTERNAL_PID_FILE: &str = "postmaster.external.pid";
+
+/// The name of the manifest an export carries at the top of its data directory.
+pub const EXPORT_MANIFEST: &str = "pgfork-export.manifest";
 
 /// What to do with one entry, judged by its path relative to the data directory root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

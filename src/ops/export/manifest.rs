@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 /// The manifest's name, relative to the data directory.
-pub const MANIFEST_NAME: &str = "pgfork-export.manifest";
+pub const MANIFEST_NAME: &str = crate::pg::layout::EXPORT_MANIFEST;
 
 /// What the manifest's `format` says.
 pub const FORMAT: &str = "pgfork-export-manifest";

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use crate::pg::layout::COPY_EXTERNAL_PID_FILE;
 use crate::stanza::recovery::RECOVERY_TARGETS;
 
 /// The source settings the fork's configuration depends on.
@@ -48,15 +49,16 @@ pub fn fork_cluster_name(source: &SourceSettings, src_dir: &Path, id: u32) -> St
 
 /// The settings that detach a copy from the cluster it came from: no archiving into its archive,
 /// no replication settings (a copy has no standbys: waiting for synchronous ones would hang every
-/// commit), no pid file of its own outside the data directory, and no old recovery target that
-/// could stop the copy's replay.
+/// commit), an external pid file only inside its own data directory (never the original's; an
+/// empty one is no way out, PostgreSQL tries to write "" and logs that it cannot), and no old
+/// recovery target that could stop the copy's replay.
 pub fn detached_settings() -> Vec<(&'static str, String)> {
     let mut settings = vec![
         ("archive_mode", "off".to_string()),
         ("primary_conninfo", String::new()),
         ("primary_slot_name", String::new()),
         ("synchronous_standby_names", String::new()),
-        ("external_pid_file", String::new()),
+        ("external_pid_file", COPY_EXTERNAL_PID_FILE.to_string()),
     ];
     settings.extend(RECOVERY_TARGETS.iter().map(|name| (*name, String::new())));
     settings
@@ -71,12 +73,11 @@ pub fn fork_settings(
     cluster_name: &str,
 ) -> Vec<(&'static str, String)> {
     let mut settings = vec![("port", port.to_string()), ("cluster_name", cluster_name.to_string())];
-    // The source's pid file is not the fork's; but an empty external_pid_file is no way out either
-    // (PostgreSQL tries to write "" and logs that it cannot): a fork of a source that has one gets
-    // its own in its data directory, a fork of one without none.
+    // The source's pid file is not the fork's: a fork of a source that has one gets its own in its
+    // data directory, a fork of one without none.
     settings.extend(detached_settings().into_iter().filter(|(name, _)| *name != "external_pid_file"));
     if !source.external_pid_file.is_empty() {
-        settings.push(("external_pid_file", dst_dir.join("postmaster.external.pid").display().to_string()));
+        settings.push(("external_pid_file", dst_dir.join(COPY_EXTERNAL_PID_FILE).display().to_string()));
     }
     // Two servers writing logs into one absolute directory outside the source would interleave
     // their files; the fork logs inside its own data directory instead.
