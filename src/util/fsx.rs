@@ -66,6 +66,21 @@ fn start_writeback_of(file: &File) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
+/// Removes what processes that are gone left in `parent` under names `<prefix><pid>`: staging
+/// directories and snapshots of a killed run. Names of other forms, and those of live processes,
+/// are left alone.
+pub fn remove_dead_leftovers(parent: &Path, prefix: &str) -> Result<()> {
+    let Ok(entries) = fs::read_dir(parent) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            fs::remove_dir_all(entry.path()).at("remove", entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Fsyncs a directory so that entries created or renamed in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync directory", dir)

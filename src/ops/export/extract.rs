@@ -131,16 +131,7 @@ fn check_target(dir: &Path) -> Result<(PathBuf, String)> {
 
 /// Removes the staging directories of extractions to `<parent>/<name>` whose process is gone.
 fn remove_dead_stagings(parent: &Path, name: &str) -> Result<()> {
-    let prefix = format!(".{name}{STAGING_MARK}");
-    let Ok(entries) = std::fs::read_dir(parent) else { return Ok(()) };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file_name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            std::fs::remove_dir_all(entry.path()).at("remove", entry.path())?;
-        }
-    }
-    Ok(())
+    fsx::remove_dead_leftovers(parent, &format!(".{name}{STAGING_MARK}"))
 }
 
 fn current_user() -> String {

@@ -23,7 +23,7 @@ use crate::pg::external_conf::ExternalConf;
 use crate::pg::lsn::{Lsn, is_history_file};
 use crate::pg::session::{ConnTarget, Session};
 use crate::progress::Progress;
-use crate::util::Laps;
+use crate::util::{Laps, fsx};
 
 /// The running cluster to export.
 #[derive(Debug, Clone)]
@@ -318,16 +318,7 @@ fn snapshot_path(data: &DataDir, pid: u32) -> PathBuf {
 /// Removes the snapshots that killed exports left beside the data directory.
 fn remove_dead_snapshots(data: &DataDir) -> Result<()> {
     let Some(parent) = data.path().parent() else { return Ok(()) };
-    let prefix = snapshot_prefix(data);
-    let Ok(entries) = std::fs::read_dir(parent) else { return Ok(()) };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            std::fs::remove_dir_all(entry.path()).at("remove", entry.path())?;
-        }
-    }
-    Ok(())
+    fsx::remove_dead_leftovers(parent, &snapshot_prefix(data))
 }
 
 fn hostname() -> String {
