@@ -58,12 +58,24 @@ pub fn start_writeback(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// [`start_writeback`] of a file already open.
 #[allow(unsafe_code)] // one system call nix does not wrap; see the SAFETY note
-fn start_writeback_of(file: &File) {
+pub fn start_writeback_of(file: &File) {
     use std::os::fd::AsRawFd;
     // SAFETY: sync_file_range takes a descriptor and two integers and touches no memory of this
     // process; `file` keeps the descriptor open for the duration of the call.
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Makes a tree just written durable, once, after its last write: every file's `fdatasync` in
+/// parallel (their writeback started as each was completed, [`start_writeback`], so these mostly
+/// wait for what is already under way), then the directories. Unlike
+/// [`sync_filesystem`], it waits for these files only, not for every other writer of the file
+/// system (a running server's checkpoint).
+pub fn sync_tree(files: &[std::path::PathBuf], dirs: &[std::path::PathBuf]) -> Result<()> {
+    use rayon::prelude::*;
+    files.par_iter().try_for_each(|path| File::open(path).and_then(|f| f.sync_data()).at("fsync", path))?;
+    dirs.iter().try_for_each(|dir| fsync_dir(dir))
 }
 
 /// Removes what processes that are gone left in `parent` under names `<prefix><pid>`: staging

@@ -42,7 +42,8 @@ pub fn extract(
     remove_dead_stagings(&parent, &name)?;
     let layers = Layers::open(input, passphrase, progress)?;
     let staging = Staging::create(parent.join(format!(".{name}{STAGING_MARK}{}", std::process::id())))?;
-    let mut unpack = Stager { staging: &staging, target: dir, owner: None, open: None, dirs: Vec::new() };
+    let mut unpack =
+        Stager { staging: &staging, target: dir, owner: None, open: None, dirs: Vec::new(), files: Vec::new() };
     progress.begin("extract", layers.file_bytes);
     let walked = walk(layers, input, &mut unpack, check);
     progress.end();
@@ -55,7 +56,8 @@ pub fn extract(
         Some((_, _, name)) => name.clone(),
         None => current_user(),
     });
-    fsx::sync_filesystem(&staging.path)?;
+    let dirs: Vec<PathBuf> = unpack.dirs.iter().rev().map(|(path, _)| path.clone()).collect();
+    fsx::sync_tree(&unpack.files, &dirs)?;
     std::fs::rename(&staging.path, dir).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => Error::refused(
             format!("{} was filled while the export was extracted; nothing was changed in it", dir.display()),
@@ -175,6 +177,8 @@ struct Stager<'a> {
     /// Directories and their modes, applied once everything is in them (one without write
     /// permission must still take its files).
     dirs: Vec<(PathBuf, u32)>,
+    /// The files written, their writeback started: made durable together at the end.
+    files: Vec<PathBuf>,
 }
 
 impl Stager<'_> {
@@ -263,6 +267,8 @@ impl Unpack for Stager<'_> {
         if let Some((file, path, mode, mtime)) = self.open.take() {
             file.set_permissions(std::fs::Permissions::from_mode(mode)).at("chmod", &path)?;
             file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime)).at("set the time of", &path)?;
+            fsx::start_writeback_of(&file);
+            self.files.push(path);
         }
         Ok(())
     }

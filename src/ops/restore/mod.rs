@@ -6,7 +6,6 @@ pub mod config;
 pub mod target;
 pub mod write;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -15,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::Resolved;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::ops::identity::become_repository_user;
 use crate::ops::restore::target::Destination;
 use crate::ops::restore::write::{Counts, FileWriter, LiveHint, SLICE, prepare_file, slices_of};
@@ -155,22 +154,14 @@ pub fn restore_as_caller(resolved: &Resolved, opts: &RestoreOptions, progress: &
     Ok(report)
 }
 
-/// Makes the restored files durable, once, after the last write: every file's `fdatasync` in
-/// parallel (their writeback started as each was completed, so these mostly wait for what is
-/// already under way), then the directories. Flushing each file as it completed, between the
-/// writes, made every flush wait for the dirty pages of the whole file system (on a loop device,
-/// of the whole image), so the restore's time depended on unrelated writers; a syncfs would wait
-/// for every other writer too, such as a running server's checkpoint. Nothing is reported restored
-/// before this returns.
+/// Makes the restored files durable, once, after the last write ([`fsx::sync_tree`]). Flushing
+/// each file as it completed, between the writes, made every flush wait for the dirty pages of the
+/// whole file system (on a loop device, of the whole image), so the restore's time depended on
+/// unrelated writers. Nothing is reported restored before this returns.
 fn make_durable(manifest: &Manifest, data: &Path) -> Result<()> {
-    manifest.files.par_iter().try_for_each(|entry| {
-        let path = data.join(&entry.path);
-        File::open(&path).and_then(|f| f.sync_data()).at("fsync", &path)
-    })?;
-    for dir in manifest.dirs.iter().map(|d| data.join(&d.path)).chain([data.to_path_buf()]) {
-        fsx::fsync_dir(&dir)?;
-    }
-    Ok(())
+    let files: Vec<PathBuf> = manifest.files.iter().map(|entry| data.join(&entry.path)).collect();
+    let dirs: Vec<PathBuf> = manifest.dirs.iter().map(|d| data.join(&d.path)).chain([data.to_path_buf()]).collect();
+    fsx::sync_tree(&files, &dirs)
 }
 
 /// Writes every file of the set. Every file is created first, then slices of them are filled in
