@@ -252,12 +252,6 @@ impl Drop for SecretsFile {
     }
 }
 
-/// The owner (uid, gid) of `path`, to give a secrets file for the server of that data directory.
-pub fn owner_of(path: &Path) -> Result<(u32, u32)> {
-    let meta = std::fs::metadata(path).at("stat", path)?;
-    Ok((meta.uid(), meta.gid()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

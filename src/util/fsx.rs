@@ -93,6 +93,13 @@ pub fn remove_dead_leftovers(parent: &Path, prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// The owner (uid, gid) of `path`.
+pub fn owner_of(path: &Path) -> Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).at("stat", path)?;
+    Ok((meta.uid(), meta.gid()))
+}
+
 /// Fsyncs a directory so that entries created or renamed in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync directory", dir)

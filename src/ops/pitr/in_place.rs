@@ -96,7 +96,7 @@ impl State {
         let path = State::path(&self.data);
         fsx::write_atomic(&path, &json, 0o600)?;
         if nix::unistd::geteuid().is_root() {
-            let (uid, gid) = owner_of(&self.data)?;
+            let (uid, gid) = fsx::owner_of(&self.data)?;
             std::os::unix::fs::chown(&path, Some(uid), Some(gid)).at("chown", &path)?;
         }
         Ok(())
@@ -191,7 +191,7 @@ pub fn in_place(resolved: &Resolved, what: &InPlace, progress: &dyn Progress) ->
 /// Root (who can stop and start Patroni's service) or the data directory's owner (who can when
 /// Patroni runs as a plain process of theirs) may drive the run; each step acts as whom it must.
 fn check_caller(data: &Path) -> Result<()> {
-    let (uid, _) = owner_of(data)?;
+    let (uid, _) = fsx::owner_of(data)?;
     let me = nix::unistd::geteuid();
     if me.is_root() || me.as_raw() == uid {
         return Ok(());
@@ -202,17 +202,10 @@ fn check_caller(data: &Path) -> Result<()> {
     ))
 }
 
-/// The owner (uid, gid) of `path`.
-fn owner_of(path: &Path) -> Result<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).at("stat", path)?;
-    Ok((meta.uid(), meta.gid()))
-}
-
 /// `command` run as the data directory's owner (PostgreSQL refuses root).
 fn as_owner(mut command: std::process::Command, data: &Path) -> Result<std::process::Command> {
     use std::os::unix::process::CommandExt;
-    let (uid, gid) = owner_of(data)?;
+    let (uid, gid) = fsx::owner_of(data)?;
     command.uid(uid).gid(gid);
     Ok(command)
 }
@@ -236,7 +229,7 @@ impl Run<'_> {
     /// Writes the secrets file the recovery's restore_command names, the data directory owner's;
     /// removed when the returned handle is dropped.
     fn hand_secrets(&self, state: &State) -> Result<Option<SecretsFile>> {
-        SecretsFile::write(&secrets::file_beside(&state.data), &self.secrets, Some(owner_of(&state.data)?))
+        SecretsFile::write(&secrets::file_beside(&state.data), &self.secrets, Some(fsx::owner_of(&state.data)?))
     }
 
     fn rest(&self, member: &Member) -> Result<Rest> {
@@ -290,8 +283,8 @@ impl Run<'_> {
         let opts = self.restore_options(state, true);
         restore_as_caller(self.resolved, &opts, self.progress)?;
         let parent = state.data.parent().unwrap_or(Path::new("/"));
-        let (uid, _) = owner_of(&state.data)?;
-        let (parent_uid, _) = owner_of(parent)?;
+        let (uid, _) = fsx::owner_of(&state.data)?;
+        let (parent_uid, _) = fsx::owner_of(parent)?;
         if parent_uid != uid {
             return Err(Error::refused(
                 format!("{} does not belong to the owner of {}", parent.display(), state.data.display()),

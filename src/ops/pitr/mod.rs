@@ -119,7 +119,7 @@ pub fn pitr_fork(resolved: &Resolved, opts: &PitrForkOptions, progress: &dyn Pro
         let user = opts.fork.user.clone().unwrap_or_else(|| owner_name(data.path()));
         let bins = crate::pg::bins::PgBin::locate(data.major(), opts.fork.bindir.as_deref(), Some(&opts.fork.src))?;
         let step = Instant::now();
-        let _handed = SecretsFile::write(&secrets_file, &secrets, Some(secrets::owner_of(data.path())?))?;
+        let _handed = SecretsFile::write(&secrets_file, &secrets, Some(crate::util::fsx::owner_of(data.path())?))?;
         crate::ops::fork::start_fork(
             &bins,
             &report.dst,
